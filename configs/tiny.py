@@ -1,0 +1,25 @@
+"""A tiny HiFi-GAN-family codec for tests and quick local runs (not a released model).
+
+16 kHz, hop 40 (2 x 4 x 5), 2 groups x 2 levels x 64 codes, a 32-d latent and few channels.
+"""
+
+from hificodec_jax import config_defaults as d
+
+
+def get_config(arg=None):
+    del arg
+    model = d.hifigan_model_config(
+        upsample_rates=(5, 4, 2),  # ours: hop 40 keeps tests fast
+        upsample_kernel_sizes=(11, 8, 4),  # ref kernel/rate pairs
+        codebook_size=64,
+    )
+    model.latent_dim = 32
+    model.encoder.base_channels = 4  # stages of 8, 16, 32 channels
+    model.encoder.group_size = 4
+    model.encoder.resblock_kernel_sizes = (7, 3)
+    model.encoder.resblock_dilations = ((1, 3), (1, 3))
+    model.decoder.upsample_initial_channel = 32
+    model.decoder.resblock_kernel_sizes = (3, 7)
+    model.decoder.resblock_dilations = ((1, 3), (1, 3))
+    model.quantizer.kmeans_iters = 3
+    return d.base_config(16000, model)

@@ -1,0 +1,27 @@
+"""hificodec_jax: HiFi-Codec (group-residual VQ neural audio codec) in JAX/Flax.
+
+Importing the package has no side effects; the public API is loaded on first use:
+``build_codec(config)``, ``load_config(path)``, ``fold_weight_norm(params)``.
+"""
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "build_codec": "hificodec_jax.factory",
+    "load_config": "hificodec_jax.factory",
+    "bitrate": "hificodec_jax.factory",
+    "hop_length": "hificodec_jax.factory",
+    "fold_weight_norm": "hificodec_jax.models.layers",
+    "Codec": "hificodec_jax.models.codec",
+    "CodecOutput": "hificodec_jax.models.codec",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hificodec_jax' has no attribute {name!r}")

@@ -1,0 +1,89 @@
+"""Build a :class:`~hificodec_jax.models.codec.Codec` from a config (``configs/*.py``).
+
+The only place that reads config objects for the models: modules themselves get plain typed
+fields. ``build_codec(config)`` is re-exported as ``hificodec_jax.build_codec``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+
+import ml_collections
+
+from hificodec_jax.models.codec import Codec
+from hificodec_jax.models.hifigan import HifiDecoder, HifiEncoder
+from hificodec_jax.models.quantizer import GroupResidualVQ
+
+
+def _family(name: str):
+    """(encoder class, decoder class, encoder rate field, decoder rate field) of a family."""
+    if name == "hifigan":
+        return HifiEncoder, HifiDecoder, "strides", "upsample_rates"
+    if name == "seanet":
+        from hificodec_jax.models import seanet  # noqa: PLC0415  (second family, paper text)
+
+        return seanet.SeanetEncoder, seanet.SeanetDecoder, "strides", "strides"
+    raise ValueError(f"unknown model family {name!r}; one of ['hifigan', 'seanet']")
+
+
+def _as_dict(cfg) -> dict:
+    cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    return {
+        k: tuple(map(tuple, v)) if _nested(v) else tuple(v) if isinstance(v, list) else v
+        for k, v in cfg.items()
+    }
+
+
+def _nested(v) -> bool:
+    return isinstance(v, list | tuple) and bool(v) and isinstance(v[0], list | tuple)
+
+
+def build_codec(config: ml_collections.ConfigDict, *, weight_norm: bool = True) -> Codec:
+    """The ``Codec`` module for a config's ``model`` section.
+
+    ``weight_norm=False`` builds the inference form whose convs hold plain kernels: feed it
+    variables passed through :func:`hificodec_jax.models.layers.fold_weight_norm`.
+    """
+    model = config.model if "model" in config else config
+    enc_cls, dec_cls, enc_rates, dec_rates = _family(model.family)
+    enc_cfg, dec_cfg = _as_dict(model.encoder), _as_dict(model.decoder)
+    hop = math.prod(enc_cfg[enc_rates])
+    if math.prod(dec_cfg[dec_rates]) != hop:
+        raise ValueError(
+            f"encoder downsamples by {hop} but the decoder upsamples by "
+            f"{math.prod(dec_cfg[dec_rates])}: their rates must have the same product"
+        )
+    d = model.latent_dim
+    encoder = enc_cls(latent_dim=d, weight_norm=weight_norm, **enc_cfg)
+    decoder = dec_cls(weight_norm=weight_norm, **dec_cfg)
+    quantizer = GroupResidualVQ(dim=d, **_as_dict(model.quantizer))
+    return Codec(encoder=encoder, quantizer=quantizer, decoder=decoder, hop=hop)
+
+
+def hop_length(config: ml_collections.ConfigDict) -> int:
+    """Samples per frame of a config's codec."""
+    model = config.model
+    return math.prod(model.encoder.strides)
+
+
+def bitrate(config: ml_collections.ConfigDict, num_levels: int | None = None) -> float:
+    """Nominal bits per second: frames/s x codebooks used x log2(K)."""
+    q = config.model.quantizer
+    levels = q.num_levels if num_levels is None else num_levels
+    frames = config.audio.sample_rate / hop_length(config)
+    return frames * levels * q.num_groups * math.log2(q.codebook_size)
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+    """``get_config(arg)`` of a config file, ``path`` optionally suffixed ``:arg`` (like absl)."""
+    arg = None
+    if ":" in os.path.basename(path):
+        path, arg = path.rsplit(":", 1)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no config file {path!r}")
+    spec = importlib.util.spec_from_file_location("_hificodec_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg is not None else module.get_config()

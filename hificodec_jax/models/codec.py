@@ -1,0 +1,182 @@
+"""The codec: encoder -> GRVQ -> decoder as one linen module.
+
+Shape glossary (used across the package):
+    B batch, T samples, F frames (= T // hop), D latent channels, G groups, R residual levels,
+    L levels used (<= R; lower bitrate), K codebook size, C conv channels.
+Layout is channels-last everywhere. Public tensors: ``wav [B, T]`` (or ``[T]``) float in
+[-1, 1]; ``codes [B, F, L*G]`` int32 (level-major, then group); latents ``[B, F, D]``.
+
+Usage::
+
+    codec = hificodec_jax.build_codec(config)
+    variables = codec.init(rng, wav)                         # {"params": ..., "vq": ...}
+    out = codec.apply(variables, wav)                        # CodecOutput, full round trip
+    codes = codec.apply(variables, wav, method="encode")     # [B, F, R*G]
+    wav_hat = codec.apply(variables, codes, method="decode") # [B, F*hop]
+"""
+
+from __future__ import annotations
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hificodec_jax.models.quantizer import GroupResidualVQ
+
+
+@flax.struct.dataclass
+class CodecStats:
+    """Codebook usage of one forward pass, per codebook stream (``L*G``, reference order)."""
+
+    counts: jax.Array  # [L*G, K]
+    perplexity: jax.Array  # [L*G]
+    dead_codes: jax.Array  # [L*G] codes unused on this batch's valid frames
+    commitment: jax.Array  # [L, G]
+    codebook_loss: jax.Array  # [L, G]
+
+
+@flax.struct.dataclass
+class CodecOutput:
+    """Everything a round trip produces. Batch axes follow the input (absent for ``[T]`` input)."""
+
+    wav_hat: jax.Array  # [B, F*hop] reconstruction (zero beyond each clip's frames)
+    codes: jax.Array  # [B, F, L*G] int32
+    z: jax.Array  # [B, F, D] encoder latent
+    z_q: jax.Array  # [B, F, D] straight-through quantized latent
+    frame_mask: jax.Array  # [B, F] bool, True on frames inside each clip
+    loss: jax.Array  # [] weighted quantizer loss (commitment, + codebook loss in "loss" mode)
+    stats: CodecStats
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_wav(wav, hop: int):
+    """Validate a waveform batch; returns it as float ``[B, T]`` plus whether a batch was added."""
+    if not hasattr(wav, "ndim"):
+        wav = np.asarray(wav)
+    if wav.ndim not in (1, 2):
+        raise ValueError(f"wav must be [T] or [B, T] (mono), got shape {tuple(wav.shape)}")
+    if not jnp.issubdtype(wav.dtype, jnp.floating):
+        raise ValueError(f"wav must be a float array in [-1, 1], got dtype {wav.dtype}")
+    if wav.shape[-1] < hop:
+        raise ValueError(f"wav has {wav.shape[-1]} samples, shorter than one hop ({hop})")
+    if _is_concrete(wav) and not bool(jnp.all(jnp.isfinite(wav))):
+        raise ValueError("wav contains NaN or infinite samples")
+    squeeze = wav.ndim == 1
+    return (wav[None] if squeeze else wav), squeeze
+
+
+def check_codes(codes, num_groups: int, num_levels: int, codebook_size: int):
+    """Validate codes ``[B, F, L*G]`` (or ``[F, L*G]``); returns int32 ``[B, F, L*G]``, squeeze."""
+    if not hasattr(codes, "ndim"):
+        codes = np.asarray(codes)
+    if codes.ndim not in (2, 3):
+        raise ValueError(f"codes must be [F, L*G] or [B, F, L*G], got shape {tuple(codes.shape)}")
+    if not jnp.issubdtype(codes.dtype, jnp.integer):
+        raise ValueError(f"codes must be integers, got dtype {codes.dtype}")
+    c = codes.shape[-1]
+    if c % num_groups or not 1 <= c // num_groups <= num_levels:
+        raise ValueError(
+            f"codes have {c} streams on the last axis; expected levels x groups = "
+            f"L*{num_groups} with 1 <= L <= {num_levels} ({num_levels * num_groups} at full rate)"
+        )
+    if _is_concrete(codes) and codes.size:
+        lo, hi = int(jnp.min(codes)), int(jnp.max(codes))
+        if lo < 0 or hi >= codebook_size:
+            raise ValueError(f"codes must be in [0, {codebook_size}), got values in [{lo}, {hi}]")
+    squeeze = codes.ndim == 2
+    codes = codes.astype(jnp.int32)
+    return (codes[None] if squeeze else codes), squeeze
+
+
+class Codec(nn.Module):
+    """HiFi-Codec: ``wav [B, T] -> codes [B, F, L*G] -> wav_hat [B, F*hop]``.
+
+    ``encoder(wav [B, T, 1], lengths) -> z [B, F, D]``, ``decoder(z_q [B, F, D], frame_lengths)
+    -> [B, F*hop]``; any pair with these signatures works (HiFi-GAN or SEANet family).
+    """
+
+    encoder: nn.Module
+    quantizer: GroupResidualVQ
+    decoder: nn.Module
+    hop: int
+
+    def _frames(self, wav, lengths):
+        b, t = wav.shape
+        f = t // self.hop
+        if lengths is None:
+            return None, jnp.ones((b, f), bool)
+        lengths = jnp.asarray(lengths)
+        if lengths.shape != (b,):
+            raise ValueError(f"lengths must have shape ({b},), got {tuple(lengths.shape)}")
+        if _is_concrete(lengths) and (
+            bool(jnp.any(lengths < self.hop)) or bool(jnp.any(lengths > t))
+        ):
+            raise ValueError(f"lengths must be in [{self.hop}, {t}] samples, got {lengths}")
+        frames = lengths // self.hop
+        return lengths, jnp.arange(f)[None, :] < frames[:, None]
+
+    def __call__(
+        self,
+        wav: jax.Array,
+        lengths: jax.Array | None = None,
+        *,
+        train: bool = False,
+        num_levels: int | None = None,
+    ) -> CodecOutput:
+        """Full round trip. ``lengths [B]`` (samples) masks padded frames out of losses/stats."""
+        wav, squeeze = check_wav(wav, self.hop)
+        lengths, mask = self._frames(wav, lengths)
+        z = self.encoder(wav[..., None], lengths)  # [B, F, D]
+        q = self.quantizer(z, None if lengths is None else mask, train=train, num_levels=num_levels)
+        frame_lengths = None if lengths is None else lengths // self.hop
+        wav_hat = self.decoder(q.z_q, frame_lengths)  # [B, F*hop]
+        if lengths is not None:
+            wav_hat = wav_hat * jnp.repeat(mask, self.hop, axis=1).astype(wav_hat.dtype)
+        stats = CodecStats(q.counts, q.perplexity, q.dead_codes, q.commitment, q.codebook_loss)
+        out = CodecOutput(wav_hat, q.codes, z, q.z_q, mask, q.loss, stats)
+        if squeeze:
+            out = out.replace(
+                wav_hat=out.wav_hat[0],
+                codes=out.codes[0],
+                z=out.z[0],
+                z_q=out.z_q[0],
+                frame_mask=out.frame_mask[0],
+            )
+        return out
+
+    def encode(
+        self, wav: jax.Array, lengths: jax.Array | None = None, *, num_levels: int | None = None
+    ) -> jax.Array:
+        """``wav [B, T]`` -> ``codes [B, F, L*G]`` int32 (no codebook update)."""
+        wav, squeeze = check_wav(wav, self.hop)
+        lengths, mask = self._frames(wav, lengths)
+        z = self.encoder(wav[..., None], lengths)
+        codes = self.quantizer(z, mask, num_levels=num_levels).codes
+        return codes[0] if squeeze else codes
+
+    def encode_latent(self, wav: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+        """``wav [B, T]`` -> encoder latent ``z [B, F, D]`` (before quantization)."""
+        wav, squeeze = check_wav(wav, self.hop)
+        lengths, _ = self._frames(wav, lengths)
+        z = self.encoder(wav[..., None], lengths)
+        return z[0] if squeeze else z
+
+    def quantize(self, z: jax.Array, *, num_levels: int | None = None):
+        """``z [B, F, D]`` -> :class:`QuantizerOutput` (inference: no codebook update)."""
+        return self.quantizer(z, num_levels=num_levels)
+
+    def decode(self, codes: jax.Array) -> jax.Array:
+        """``codes [B, F, L*G]`` -> ``wav_hat [B, F*hop]``; fewer levels give lower bitrate."""
+        q = self.quantizer
+        codes, squeeze = check_codes(codes, q.num_groups, q.num_levels, q.codebook_size)
+        wav_hat = self.decoder(self.quantizer.decode_codes(codes), None)
+        return wav_hat[0] if squeeze else wav_hat
+
+    def decode_latent(self, z_q: jax.Array) -> jax.Array:
+        """Decoder alone: ``z_q [B, F, D]`` -> ``wav_hat [B, F*hop]``."""
+        return self.decoder(z_q, None)

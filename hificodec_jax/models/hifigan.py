@@ -1,0 +1,131 @@
+"""The released HiFi-Codec encoder and decoder (AcademiCodec ``models.Encoder`` / ``Generator``).
+
+Encoder: ``wav [B, T, 1] -> z [B, F, D]`` with ``F = floor(T / hop)``; a mirror of the HiFi-GAN
+generator with strided weight-normed convs, ResBlock1 stacks normalised by GroupNorm on their
+running sum, a leaky ReLU of slope 0.01 and a plain (not weight-normed) ``conv_post``.
+Decoder: ``z_q [B, F, D] -> wav_hat [B, F * hop]``; HiFi-GAN V1 with transposed-conv upsampling,
+averaged ResBlocks ("MRF") and a tanh output.
+
+Submodule names mirror the torch state-dict keys (``ups.0`` -> ``ups_0``, ``resblocks.3.convs1.2``
+-> ``resblocks_3/convs1_2``) so that :mod:`hificodec_jax.convert` is a mechanical mapping.
+Deviation from the reference: the latent size ``latent_dim`` and the channel widths are
+hyper-parameters (the reference hard-codes 512 and needs exactly 4 stages to reach it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hificodec_jax.models.layers import (
+    LRELU_SLOPE,
+    Conv1d,
+    ConvTranspose1d,
+    MaskedGroupNorm,
+    ResBlock1,
+    strided_conv_padding,
+)
+
+ENCODER_FINAL_SLOPE = 0.01  # reference: F.leaky_relu(x) with torch's default slope, not 0.1
+
+
+def _frame_mask(lengths: jax.Array | None, frames: int) -> jax.Array | None:
+    if lengths is None:
+        return None
+    return jnp.arange(frames)[None, :] < lengths[:, None]
+
+
+class HifiEncoder(nn.Module):
+    """``wav [B, T, 1] -> z [B, floor(T / prod(strides)), latent_dim]``.
+
+    ``strides``/``kernel_sizes`` are in encoder order (the reference reverses the generator's
+    ``upsample_rates``: (2, 4, 5, 8) for hop 320). Stage ``i`` has ``base_channels * 2**(i+1)``
+    channels; GroupNorm uses ``channels // group_size`` groups (16 channels each, eps 1e-6).
+    ``lengths`` (samples, ``[B]``) keep padded frames out of the GroupNorm statistics.
+    """
+
+    strides: Sequence[int] = (2, 4, 5, 8)
+    kernel_sizes: Sequence[int] = (4, 8, 11, 16)
+    resblock_kernel_sizes: Sequence[int] = (11, 7, 3)
+    resblock_dilations: Sequence[Sequence[int]] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
+    base_channels: int = 32
+    latent_dim: int = 512
+    group_size: int = 16
+    weight_norm: bool = True
+
+    def setup(self):
+        wn = self.weight_norm
+        n_k = len(self.resblock_kernel_sizes)
+        self.conv_pre = Conv1d(self.base_channels, 7, weight_norm=wn)
+        ups, resblocks, norms = [], [], []
+        for i, (s, k) in enumerate(zip(self.strides, self.kernel_sizes, strict=True)):
+            ch = self.base_channels * 2 ** (i + 1)
+            ups.append(Conv1d(ch, k, stride=s, padding=strided_conv_padding(k, s), weight_norm=wn))
+            for k_rb, d in zip(self.resblock_kernel_sizes, self.resblock_dilations, strict=True):
+                resblocks.append(ResBlock1(ch, k_rb, tuple(d), weight_norm=wn))
+                norms.append(MaskedGroupNorm(max(ch // self.group_size, 1), epsilon=1e-6))
+        self.ups, self.resblocks, self.normalize, self.num_kernels = ups, resblocks, norms, n_k
+        # Reference: plain Conv1d initialised N(0, 0.01) (the only layer init_weights reaches).
+        self.conv_post = Conv1d(self.latent_dim, 3, weight_norm=False, kernel_init_std=0.01)
+
+    def __call__(self, wav: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+        x = self.conv_pre(wav)  # [B, T, C0]
+        hop = 1
+        for i, up in enumerate(self.ups):
+            x = up(nn.leaky_relu(x, LRELU_SLOPE))  # [B, T / (s_0 ... s_i), C_i]
+            hop *= self.strides[i]
+            mask = _frame_mask(None if lengths is None else lengths // hop, x.shape[1])
+            xs = None
+            for j in range(self.num_kernels):
+                n = i * self.num_kernels + j
+                h = self.resblocks[n](x)
+                xs = self.normalize[n](h if xs is None else xs + h, mask)
+            x = xs / self.num_kernels
+        x = nn.leaky_relu(x, ENCODER_FINAL_SLOPE)
+        return self.conv_post(x)  # [B, F, D]
+
+
+class HifiDecoder(nn.Module):
+    """``z_q [B, F, D] -> wav_hat [B, F * prod(upsample_rates)]`` in (-1, 1).
+
+    Stage ``i`` upsamples by ``upsample_rates[i]`` to ``upsample_initial_channel // 2**(i+1)``
+    channels and averages one ResBlock1 per kernel size applied to the same input.
+    """
+
+    upsample_rates: Sequence[int] = (8, 5, 4, 2)
+    upsample_kernel_sizes: Sequence[int] = (16, 11, 8, 4)
+    upsample_initial_channel: int = 512
+    resblock_kernel_sizes: Sequence[int] = (3, 7, 11)
+    resblock_dilations: Sequence[Sequence[int]] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
+    weight_norm: bool = True
+
+    def setup(self):
+        wn = self.weight_norm
+        self.conv_pre = Conv1d(self.upsample_initial_channel, 7, weight_norm=wn)
+        ups, resblocks = [], []
+        for i, (u, k) in enumerate(
+            zip(self.upsample_rates, self.upsample_kernel_sizes, strict=True)
+        ):
+            ch = self.upsample_initial_channel // 2 ** (i + 1)
+            ups.append(ConvTranspose1d(ch, k, u, weight_norm=wn))
+            for k_rb, d in zip(self.resblock_kernel_sizes, self.resblock_dilations, strict=True):
+                resblocks.append(ResBlock1(ch, k_rb, tuple(d), weight_norm=wn))
+        self.ups, self.resblocks = ups, resblocks
+        self.num_kernels = len(self.resblock_kernel_sizes)
+        self.conv_post = Conv1d(1, 7, weight_norm=wn)
+
+    def __call__(self, z_q: jax.Array, frame_lengths: jax.Array | None = None) -> jax.Array:
+        del frame_lengths  # fully convolutional: nothing to mask
+        x = self.conv_pre(z_q)  # [B, F, C]
+        for i, up in enumerate(self.ups):
+            x = up(nn.leaky_relu(x, LRELU_SLOPE))  # [B, F * u_0 ... u_i, C_i]
+            n0 = i * self.num_kernels
+            xs = self.resblocks[n0](x)
+            for j in range(1, self.num_kernels):
+                xs = xs + self.resblocks[n0 + j](x)
+            x = xs / self.num_kernels
+        x = self.conv_post(nn.leaky_relu(x, LRELU_SLOPE))  # [B, T, 1]
+        return jnp.tanh(x[..., 0])

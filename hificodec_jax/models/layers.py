@@ -1,0 +1,253 @@
+"""Building blocks shared by the codec models: weight-normed 1-D convs, transposed convs in
+polyphase form, HiFi-GAN ResBlocks and a length-aware GroupNorm.
+
+Everything is channels-last: activations are ``[B, T, C]``; kernels are stored as ``[K, C_in,
+C_out]`` (flax's ``WIO``). Weight norm is a ``(weight_g, weight_v)`` parametrisation like
+``torch.nn.utils.weight_norm`` (dim 0 of the torch weight); with ``weight_norm=False`` the same
+module holds a plain ``kernel`` instead, which is what :func:`fold_weight_norm` produces for
+inference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LRELU_SLOPE = 0.1  # HiFi-GAN's leaky-ReLU slope, used everywhere except the encoder's last one.
+
+_DN = ("NWC", "WIO", "NWC")
+
+
+def get_padding(kernel_size: int, dilation: int = 1) -> int:
+    """Symmetric 'same' padding of a stride-1 conv (reference ``utils.get_padding``)."""
+    return (kernel_size * dilation - dilation) // 2
+
+
+def _torch_uniform(bound: float):
+    """``U(-bound, bound)``: torch's default Conv init (kaiming_uniform with a=sqrt(5))."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def weight_norm_kernel(g: jax.Array, v: jax.Array) -> jax.Array:
+    """``g * v / ||v||`` with the norm over every axis on which ``g`` has size 1.
+
+    ``g`` keeps the kernel's rank (torch's ``weight_g`` permuted like ``weight_v``): a conv's
+    ``[1, 1, C_out]``, a transposed conv's ``[1, C_in, 1]``. So the tree alone says how to fold.
+    """
+    axes = tuple(i for i, n in enumerate(g.shape) if n == 1)
+    return v * (g / jnp.sqrt(jnp.sum(jnp.square(v), axis=axes, keepdims=True)))
+
+
+class _WeightNormed(nn.Module):
+    """Mixin: a conv kernel ``[K, C_in, C_out]`` either plain or as ``g * v / ||v||``.
+
+    ``norm_axes`` are the axes the norm runs over (all but the torch weight's dim 0): for a conv,
+    dim 0 is C_out, so the norm is over (K, C_in); for a transposed conv it is C_in, over (K, C_out).
+    """
+
+    def kernel_param(self, shape: tuple[int, ...], fan_in: int, norm_axes: tuple[int, ...]):
+        init = _torch_uniform(1.0 / math.sqrt(fan_in))
+        if not self.weight_norm:
+            return self.param("kernel", init, shape)
+        v = self.param("weight_v", init, shape)
+        g_shape = tuple(1 if a in norm_axes else n for a, n in enumerate(shape))
+        g = self.param(
+            "weight_g",
+            lambda _, shape: jnp.sqrt(jnp.sum(jnp.square(v), axis=norm_axes, keepdims=True)),
+            g_shape,
+        )
+        return weight_norm_kernel(g, v)
+
+
+class Conv1d(_WeightNormed):
+    """1-D convolution with explicit ``(left, right)`` padding and optional weight norm.
+
+    ``[B, T, C_in] -> [B, floor((T + left + right - dilation*(K-1) - 1) / stride) + 1, features]``.
+    ``padding=None`` means torch's symmetric ``get_padding(kernel_size, dilation)``.
+    """
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    dilation: int = 1
+    padding: tuple[int, int] | None = None
+    weight_norm: bool = True
+    kernel_init_std: float | None = None  # N(0, std) instead of torch's default (encoder conv_post)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c_in = x.shape[-1]
+        fan_in = c_in * self.kernel_size
+        shape = (self.kernel_size, c_in, self.features)
+        if self.kernel_init_std is not None and not self.weight_norm:
+            kernel = self.param("kernel", nn.initializers.normal(self.kernel_init_std), shape)
+        else:
+            kernel = self.kernel_param(shape, fan_in, norm_axes=(0, 1))
+        bias = self.param("bias", _torch_uniform(1.0 / math.sqrt(fan_in)), (self.features,))
+        pad = self.padding
+        if pad is None:
+            p = get_padding(self.kernel_size, self.dilation)
+            pad = (p, p)
+        y = jax.lax.conv_general_dilated(
+            x,
+            kernel.astype(x.dtype),
+            window_strides=(self.stride,),
+            padding=(tuple(pad),),
+            rhs_dilation=(self.dilation,),
+            dimension_numbers=_DN,
+        )
+        return y + bias.astype(x.dtype)
+
+
+def strided_conv_padding(kernel_size: int, stride: int) -> tuple[int, int]:
+    """Padding that makes a strided conv map ``T`` samples to ``floor(T / stride)`` frames.
+
+    Equals torch's symmetric ``(K - S) // 2`` whenever ``K - S`` is even (all HiFi-Codec stages);
+    odd differences put the extra sample on the right.
+    """
+    total = kernel_size - stride
+    if total < 0:
+        raise ValueError(f"kernel_size {kernel_size} must be >= stride {stride}")
+    return total // 2, total - total // 2
+
+
+def polyphase_taps(kernel_size: int, stride: int) -> tuple[int, int, int]:
+    """(crop p, j_min, j_max) of the polyphase form of a transposed conv (see ConvTranspose1d)."""
+    p = (kernel_size - stride) // 2
+    j_min = min(-((r + p) // stride) for r in range(stride))
+    j_max = max((kernel_size - 1 - r - p) // stride for r in range(stride))
+    return p, j_min, j_max
+
+
+class ConvTranspose1d(_WeightNormed):
+    """Transposed 1-D conv computed as a stride-1 polyphase conv: ``[B, F, C_in] -> [B, F*S, C_out]``.
+
+    Equals ``torch.nn.ConvTranspose1d(C_in, C_out, K, stride=S, padding=(K-S)//2)`` whenever
+    ``K - S`` is even (then torch's output length is exactly ``F*S``); for odd ``K - S`` it is
+    torch's output cropped to ``F*S`` samples. Output phase ``r`` at frame ``t`` is
+    ``y[t*S + r] = sum_j x[t - j] @ W[j*S + r + p]``, so one conv from ``C_in`` to ``S*C_out``
+    channels with ``j_max - j_min + 1`` taps followed by a reshape gives every phase at once
+    (no zero-stuffed input: ~1.4x faster than the dilated-input form in training).
+    Weight norm follows torch: ``g`` has one entry per *input* channel (dim 0 of torch's
+    ``(in, out, k)`` weight).
+    """
+
+    features: int
+    kernel_size: int
+    stride: int
+    weight_norm: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, f, c_in = x.shape
+        k, s, c_out = self.kernel_size, self.stride, self.features
+        if k < s:
+            raise ValueError(f"kernel_size {k} must be >= stride {s}")
+        # torch's fan_in for ConvTranspose1d weight (in, out, k) is out * k.
+        fan_in = c_out * k
+        kernel = self.kernel_param((k, c_in, c_out), fan_in, norm_axes=(0, 2))
+        bias = self.param("bias", _torch_uniform(1.0 / math.sqrt(fan_in)), (c_out,))
+        p, j_min, j_max = polyphase_taps(k, s)
+        # Gather the torch taps into a [n_taps, C_in, S, C_out] polyphase kernel (static indices).
+        n_taps = j_max - j_min + 1
+        index = np.zeros((n_taps, s), np.int32)
+        valid = np.zeros((n_taps, s), bool)
+        for m in range(n_taps):
+            j = j_max - m  # tap m reads input frame t + m - j_max = t - j
+            for r in range(s):
+                kk = j * s + r + p
+                if 0 <= kk < k:
+                    index[m, r], valid[m, r] = kk, True
+        poly = jnp.where(valid[:, None, :, None], kernel[index].transpose(0, 2, 1, 3), 0.0)
+        poly = poly.reshape(n_taps, c_in, s * c_out)
+        y = jax.lax.conv_general_dilated(
+            x,
+            poly.astype(x.dtype),
+            window_strides=(1,),
+            padding=((j_max, -j_min),),
+            dimension_numbers=_DN,
+        )
+        return y.reshape(b, f * s, c_out) + bias.astype(x.dtype)
+
+
+class ResBlock1(nn.Module):
+    """HiFi-GAN ResBlock1: for each dilation d, ``x += conv(lrelu(conv_d(lrelu(x))))``.
+
+    ``[B, T, C] -> [B, T, C]``. Submodules ``convs1_j`` (dilated) and ``convs2_j`` (dilation 1)
+    mirror the torch keys ``convs1.j`` / ``convs2.j``.
+    """
+
+    channels: int
+    kernel_size: int = 3
+    dilations: Sequence[int] = (1, 3, 5)
+    weight_norm: bool = True
+
+    def setup(self):
+        k, wn = self.kernel_size, self.weight_norm
+        self.convs1 = [Conv1d(self.channels, k, dilation=d, weight_norm=wn) for d in self.dilations]
+        self.convs2 = [Conv1d(self.channels, k, weight_norm=wn) for _ in self.dilations]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for c1, c2 in zip(self.convs1, self.convs2, strict=True):
+            xt = c2(nn.leaky_relu(c1(nn.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE))
+            x = x + xt
+        return x
+
+
+class MaskedGroupNorm(nn.Module):
+    """GroupNorm over (time, channels-in-group) whose statistics skip padded frames.
+
+    ``[B, T, C]`` with an optional ``mask [B, T]``; without a mask it is exactly
+    ``torch.nn.GroupNorm(num_groups, C, eps)`` (biased variance, affine ``scale``/``bias``).
+    Deviation from the reference (which has no lengths): with a mask, each clip is normalised by
+    the statistics of its own valid frames, so padding a clip does not change its latent.
+    """
+
+    num_groups: int
+    epsilon: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        b, t, c = x.shape
+        if c % self.num_groups:
+            raise ValueError(f"{c} channels do not split into {self.num_groups} groups")
+        scale = self.param("scale", nn.initializers.ones, (c,))
+        bias = self.param("bias", nn.initializers.zeros, (c,))
+        xg = x.reshape(b, t, self.num_groups, c // self.num_groups)
+        if mask is None:
+            mean = jnp.mean(xg, axis=(1, 3), keepdims=True)
+            var = jnp.mean(jnp.square(xg - mean), axis=(1, 3), keepdims=True)
+        else:
+            w = mask.astype(x.dtype)[:, :, None, None]
+            n = jnp.maximum(jnp.sum(w, axis=1, keepdims=True), 1.0) * (c // self.num_groups)
+            mean = jnp.sum(xg * w, axis=(1, 3), keepdims=True) / n
+            var = jnp.sum(jnp.square(xg - mean) * w, axis=(1, 3), keepdims=True) / n
+        y = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(b, t, c)
+        return y * scale + bias
+
+
+def fold_weight_norm(tree):
+    """Replace every ``{weight_g, weight_v}`` pair in a param tree by the equivalent ``kernel``.
+
+    The result feeds modules built with ``weight_norm=False`` (inference): same outputs, no norm
+    computed per call.
+    """
+    if not hasattr(tree, "items"):
+        return tree
+    out = {}
+    for name, sub in tree.items():
+        if hasattr(sub, "items") and "weight_v" in sub and "weight_g" in sub:
+            out[name] = {k: val for k, val in sub.items() if k not in ("weight_g", "weight_v")}
+            out[name]["kernel"] = weight_norm_kernel(sub["weight_g"], sub["weight_v"])
+        else:
+            out[name] = fold_weight_norm(sub)
+    return out
