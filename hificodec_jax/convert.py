@@ -1,0 +1,207 @@
+"""Map between the reference (AcademiCodec / PyTorch) checkpoint layout and Flax variables.
+
+A released HiFi-Codec ``g_`` checkpoint is ``{"generator": sd, "encoder": sd, "quantizer": sd}``
+of torch state dicts (reference.md section 9). Key ``resblocks.3.convs1.2.weight_v`` of module
+``generator`` is Flax ``params/decoder/resblocks_3/convs1_2/weight_v``; tensors change layout:
+
+* conv weight / ``weight_v`` ``(out, in, k)`` -> ``[k, in, out]``; transposed conv (decoder
+  ``ups.*``) ``(in, out, k)`` -> ``[k, in, out]``; ``weight_g`` is permuted like ``weight_v``
+  (``(out,1,1)`` -> ``[1,1,out]``, transposed ``(in,1,1)`` -> ``[1,in,1]``);
+* encoder GroupNorm ``normalize.n.weight`` -> ``scale``;
+* codebooks ``quantizer_modules.{g}.embedding.weight`` (level 0) and
+  ``quantizer_modules{r+1}.{g}.embedding.weight`` (level r >= 1; the reference has r <= 1) ->
+  ``codebooks[r, g]`` in ``params`` ("loss" mode) or the ``vq`` collection ("ema" mode).
+
+Only the HiFi-GAN family has a reference layout. Arrays are numpy; nothing here runs torch.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+
+import jax
+import numpy as np
+
+from hificodec_jax.models.codec import Codec
+
+MODULES = {"encoder": "encoder", "generator": "decoder"}  # torch module -> Flax submodule
+_CODEBOOK = re.compile(r"^quantizer_modules(\d*)\.(\d+)\.embedding\.weight$")
+
+
+class CheckpointMismatchError(ValueError):
+    """A reference checkpoint does not fit the config's model (names the first bad key)."""
+
+
+def _flax_path(module: str, key: str) -> tuple[tuple[str, ...], str]:
+    """torch key -> (Flax module path, Flax leaf name)."""
+    parts = key.split(".")
+    leaf = parts.pop()
+    path: list[str] = []
+    for p in parts:
+        if p.isdigit() and path:
+            path[-1] = f"{path[-1]}_{p}"
+        else:
+            path.append(p)
+    if module == "encoder" and path[0].startswith("normalize_") and leaf == "weight":
+        leaf = "scale"
+    elif leaf == "weight":
+        leaf = "kernel"
+    return (MODULES[module], *path), leaf
+
+
+def _is_transposed(module: str, path: tuple[str, ...]) -> bool:
+    return module == "generator" and path[1].startswith("ups_")
+
+
+def _to_flax(x: np.ndarray, module: str, path, leaf: str) -> np.ndarray:
+    if leaf in ("weight_v", "weight_g", "kernel") and x.ndim == 3:
+        return np.transpose(x, (2, 0, 1) if _is_transposed(module, path) else (2, 1, 0))
+    return x
+
+
+def _to_torch(x: np.ndarray, module: str, path, leaf: str) -> np.ndarray:
+    if leaf in ("weight_v", "weight_g", "kernel") and x.ndim == 3:
+        return np.transpose(x, (1, 2, 0) if _is_transposed(module, path) else (2, 1, 0))
+    return x
+
+
+def _codebook_key(level: int, group: int) -> str:
+    return f"quantizer_modules{'' if level == 0 else level + 1}.{group}.embedding.weight"
+
+
+def _get(tree, path):
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+def _set(tree, path, value):
+    for p in path[:-1]:
+        tree = tree.setdefault(p, {})
+    tree[path[-1]] = value
+
+
+def torch_to_flax(
+    state: dict, codec: Codec, *, allow_missing_encoder: bool = False
+) -> dict[str, dict]:
+    """Reference state dicts -> ``{"params": ..., "vq": ...}`` variables for ``codec``.
+
+    ``codec`` must be the HiFi-GAN family built with ``weight_norm=True`` (the checkpoint's own
+    parametrisation). Raises :class:`CheckpointMismatchError` naming the first key whose shape
+    differs (with both shapes), an unexpected key, or a missing key. Without an ``encoder``
+    entry the encoder params are zeros if ``allow_missing_encoder`` (decoder-only use).
+    """
+    dummy = jax.ShapeDtypeStruct((1, codec.hop), np.float32)
+    template = jax.eval_shape(codec.init, jax.random.key(0), dummy)
+    params: dict = {}
+    for module, flax_name in MODULES.items():
+        if module not in state:
+            if module == "encoder" and allow_missing_encoder:
+                zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template["params"])
+                params[flax_name] = zeros[flax_name]
+                continue
+            raise CheckpointMismatchError(f"checkpoint has no {module!r} state dict")
+        expected = _flat_expected(template["params"][flax_name], flax_name)
+        seen = set()
+        for key, value in state[module].items():
+            path, leaf = _flax_path(module, key)
+            full = (*path, leaf)
+            if full not in expected:
+                raise CheckpointMismatchError(
+                    f"{module}.{key}: not in the config's model (unexpected key)"
+                )
+            want = expected[full]
+            value = np.asarray(value, np.float32)
+            torch_shape = _to_torch(np.empty(want, np.uint8), module, path, leaf).shape
+            if value.shape != torch_shape:
+                raise CheckpointMismatchError(
+                    f"{module}.{key}: checkpoint shape {tuple(value.shape)} != model shape "
+                    f"{tuple(torch_shape)}"
+                )
+            _set(params, full, _to_flax(value, module, path, leaf))
+            seen.add(full)
+        missing = [p for p in expected if p not in seen]
+        if missing:
+            raise CheckpointMismatchError(
+                f"{module}.{_torch_key(missing[0])}: missing from the checkpoint "
+                f"({len(missing)} keys missing)"
+            )
+    codebooks = _codebooks_from_torch(state.get("quantizer", {}), codec)
+    variables: dict = {"params": params}
+    if codec.quantizer.update == "loss":
+        params["quantizer"] = {"codebooks": codebooks}
+    else:
+        # EMA state for a converted model: unit cluster sizes, sums = codebooks, initialised (no
+        # k-means). Fine-tune released weights with update="loss" to keep every code alive.
+        variables["vq"] = {
+            "quantizer": {
+                "codebooks": codebooks,
+                "cluster_size": np.ones(codebooks.shape[:-1], np.float32),
+                "embed_sum": codebooks.copy(),
+                "initialized": np.ones((), bool),
+            }
+        }
+    return variables
+
+
+def _flat_expected(tree, name) -> dict[tuple[str, ...], tuple[int, ...]]:
+    flat = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        flat[(name, *(p.key for p in path))] = tuple(leaf.shape)
+    return flat
+
+
+def _torch_key(full: tuple[str, ...]) -> str:
+    *path, leaf = full[1:]
+    parts = [re.sub(r"_(\d+)$", r".\1", p) for p in path]
+    if leaf == "scale":
+        leaf = "weight"
+    elif leaf == "kernel":
+        leaf = "weight"
+    return ".".join([*parts, leaf])
+
+
+def _codebooks_from_torch(sd: dict, codec: Codec) -> np.ndarray:
+    q = codec.quantizer
+    r, g, k, d = q.num_levels, q.num_groups, q.codebook_size, q.dim // q.num_groups
+    out = np.zeros((r, g, k, d), np.float32)
+    expected = {_codebook_key(i, j): (i, j) for i in range(r) for j in range(g)}
+    for key, value in sd.items():
+        if key not in expected:
+            raise CheckpointMismatchError(f"quantizer.{key}: not in the config's model")
+        value = np.asarray(value, np.float32)
+        if value.shape != (k, d):
+            raise CheckpointMismatchError(
+                f"quantizer.{key}: checkpoint shape {tuple(value.shape)} != model shape {(k, d)}"
+            )
+        out[expected[key]] = value
+    missing = [key for key in expected if key not in sd]
+    if missing:
+        raise CheckpointMismatchError(f"quantizer.{missing[0]}: missing from the checkpoint")
+    return out
+
+
+def flax_to_torch(variables: dict, codec: Codec) -> dict[str, OrderedDict]:
+    """Inverse of :func:`torch_to_flax`: variables -> reference-layout state dicts (numpy)."""
+    params = variables["params"]
+    out: dict[str, OrderedDict] = {}
+    for module, flax_name in MODULES.items():
+        sd = OrderedDict()
+        for full, _ in _flat_expected(params[flax_name], flax_name).items():
+            *path, leaf = full
+            value = np.asarray(_get(params, full))
+            sd[_torch_key(full)] = _to_torch(value, module, tuple(path), leaf)
+        out[module] = sd
+    q = codec.quantizer
+    codebooks = (
+        params["quantizer"]["codebooks"]
+        if q.update == "loss"
+        else variables["vq"]["quantizer"]["codebooks"]
+    )
+    out["quantizer"] = OrderedDict(
+        (_codebook_key(i, j), np.asarray(codebooks[i, j]))
+        for i in range(q.num_levels)
+        for j in range(q.num_groups)
+    )
+    return out
