@@ -30,3 +30,36 @@ def make_weights_module():
 def noise(shape, seed: int = 0, scale: float = 0.5) -> np.ndarray:
     """Uniform float32 noise in [-scale, scale]."""
     return np.random.default_rng(seed).uniform(-scale, scale, shape).astype(np.float32)
+
+
+def fast_init(codec, num_samples: int, seed: int = 0):
+    """Variables with ``codec.init``'s structure, drawn with numpy (torch-like scales).
+
+    ``codec.init`` compiles one random op per parameter shape, which costs tens of seconds on
+    a 2-core CI machine; tests that do not test initialisation itself use this instead.
+    """
+    import jax
+
+    shapes = jax.eval_shape(
+        codec.init, jax.random.key(0), jax.ShapeDtypeStruct((1, num_samples), np.float32)
+    )
+    rng = np.random.default_rng(seed)
+
+    def draw(path, s):
+        name = path[-1].key
+        if s.dtype == bool:
+            return np.zeros(s.shape, bool)
+        if name in ("weight_v", "kernel"):
+            fan_in = int(np.prod(s.shape[:-1]))
+            return rng.uniform(-1, 1, s.shape).astype(np.float32) / np.sqrt(fan_in)
+        if name == "weight_g":
+            return rng.uniform(0.5, 1.5, s.shape).astype(np.float32)
+        if name == "scale":
+            return np.ones(s.shape, np.float32)
+        if name == "codebooks":
+            return rng.uniform(-0.5, 0.5, s.shape).astype(np.float32)
+        if name == "bias":
+            return rng.uniform(-0.05, 0.05, s.shape).astype(np.float32)
+        return np.zeros(s.shape, s.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)

@@ -64,7 +64,7 @@ def check_wav(wav, hop: int):
         raise ValueError(f"wav must be a float array in [-1, 1], got dtype {wav.dtype}")
     if wav.shape[-1] < hop:
         raise ValueError(f"wav has {wav.shape[-1]} samples, shorter than one hop ({hop})")
-    if _is_concrete(wav) and not bool(jnp.all(jnp.isfinite(wav))):
+    if _is_concrete(wav) and not np.all(np.isfinite(np.asarray(wav))):
         raise ValueError("wav contains NaN or infinite samples")
     squeeze = wav.ndim == 1
     return (wav[None] if squeeze else wav), squeeze
@@ -85,7 +85,7 @@ def check_codes(codes, num_groups: int, num_levels: int, codebook_size: int):
             f"L*{num_groups} with 1 <= L <= {num_levels} ({num_levels * num_groups} at full rate)"
         )
     if _is_concrete(codes) and codes.size:
-        lo, hi = int(jnp.min(codes)), int(jnp.max(codes))
+        lo, hi = int(np.min(np.asarray(codes))), int(np.max(np.asarray(codes)))
         if lo < 0 or hi >= codebook_size:
             raise ValueError(f"codes must be in [0, {codebook_size}), got values in [{lo}, {hi}]")
     squeeze = codes.ndim == 2
@@ -114,7 +114,7 @@ class Codec(nn.Module):
         if lengths.shape != (b,):
             raise ValueError(f"lengths must have shape ({b},), got {tuple(lengths.shape)}")
         if _is_concrete(lengths) and (
-            bool(jnp.any(lengths < self.hop)) or bool(jnp.any(lengths > t))
+            np.any(np.asarray(lengths) < self.hop) or np.any(np.asarray(lengths) > t)
         ):
             raise ValueError(f"lengths must be in [{self.hop}, {t}] samples, got {lengths}")
         frames = lengths // self.hop

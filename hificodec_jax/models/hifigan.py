@@ -26,16 +26,12 @@ from hificodec_jax.models.layers import (
     ConvTranspose1d,
     MaskedGroupNorm,
     ResBlock1,
+    apply_mask,
+    frame_mask,
     strided_conv_padding,
 )
 
 ENCODER_FINAL_SLOPE = 0.01  # reference: F.leaky_relu(x) with torch's default slope, not 0.1
-
-
-def _frame_mask(lengths: jax.Array | None, frames: int) -> jax.Array | None:
-    if lengths is None:
-        return None
-    return jnp.arange(frames)[None, :] < lengths[:, None]
 
 
 class HifiEncoder(nn.Module):
@@ -72,20 +68,24 @@ class HifiEncoder(nn.Module):
         self.conv_post = Conv1d(self.latent_dim, 3, weight_norm=False, kernel_init_std=0.01)
 
     def __call__(self, wav: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
-        x = self.conv_pre(wav)  # [B, T, C0]
+        # With lengths, activations past each clip's end are zeroed before every conv (like
+        # torch's zero padding of the lone clip) and left out of GroupNorm statistics, so a
+        # padded clip's latent equals the unpadded clip's on its floor(length / hop) frames.
+        mask = frame_mask(lengths, wav.shape[1])
+        x = self.conv_pre(apply_mask(wav, mask))  # [B, T, C0]
         hop = 1
         for i, up in enumerate(self.ups):
-            x = up(nn.leaky_relu(x, LRELU_SLOPE))  # [B, T / (s_0 ... s_i), C_i]
+            x = up(apply_mask(nn.leaky_relu(x, LRELU_SLOPE), mask))  # [B, T / (s_0..s_i), C_i]
             hop *= self.strides[i]
-            mask = _frame_mask(None if lengths is None else lengths // hop, x.shape[1])
+            mask = frame_mask(None if lengths is None else lengths // hop, x.shape[1])
             xs = None
             for j in range(self.num_kernels):
                 n = i * self.num_kernels + j
-                h = self.resblocks[n](x)
+                h = self.resblocks[n](x, mask)
                 xs = self.normalize[n](h if xs is None else xs + h, mask)
             x = xs / self.num_kernels
         x = nn.leaky_relu(x, ENCODER_FINAL_SLOPE)
-        return self.conv_post(x)  # [B, F, D]
+        return self.conv_post(apply_mask(x, mask))  # [B, F, D]
 
 
 class HifiDecoder(nn.Module):
@@ -118,14 +118,19 @@ class HifiDecoder(nn.Module):
         self.conv_post = Conv1d(1, 7, weight_norm=wn)
 
     def __call__(self, z_q: jax.Array, frame_lengths: jax.Array | None = None) -> jax.Array:
-        del frame_lengths  # fully convolutional: nothing to mask
-        x = self.conv_pre(z_q)  # [B, F, C]
+        # With frame_lengths, padded frames are zeroed before every conv, so each clip decodes
+        # as it would alone (torch zero-pads the lone clip).
+        mask = frame_mask(frame_lengths, z_q.shape[1])
+        x = self.conv_pre(apply_mask(z_q, mask))  # [B, F, C]
+        hop = 1
         for i, up in enumerate(self.ups):
-            x = up(nn.leaky_relu(x, LRELU_SLOPE))  # [B, F * u_0 ... u_i, C_i]
+            x = up(apply_mask(nn.leaky_relu(x, LRELU_SLOPE), mask))  # [B, F * u_0..u_i, C_i]
+            hop *= self.upsample_rates[i]
+            mask = frame_mask(None if frame_lengths is None else frame_lengths * hop, x.shape[1])
             n0 = i * self.num_kernels
-            xs = self.resblocks[n0](x)
+            xs = self.resblocks[n0](x, mask)
             for j in range(1, self.num_kernels):
-                xs = xs + self.resblocks[n0 + j](x)
+                xs = xs + self.resblocks[n0 + j](x, mask)
             x = xs / self.num_kernels
-        x = self.conv_post(nn.leaky_relu(x, LRELU_SLOPE))  # [B, T, 1]
+        x = self.conv_post(apply_mask(nn.leaky_relu(x, LRELU_SLOPE), mask))  # [B, T, 1]
         return jnp.tanh(x[..., 0])

@@ -196,11 +196,25 @@ class ResBlock1(nn.Module):
         self.convs1 = [Conv1d(self.channels, k, dilation=d, weight_norm=wn) for d in self.dilations]
         self.convs2 = [Conv1d(self.channels, k, weight_norm=wn) for _ in self.dilations]
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """``mask [B, T]`` zeroes padded frames before every conv, so they act like torch's
+        zero padding at the clip's end (then a padded clip gives its unpadded result)."""
         for c1, c2 in zip(self.convs1, self.convs2, strict=True):
-            xt = c2(nn.leaky_relu(c1(nn.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE))
-            x = x + xt
+            xt = c1(apply_mask(nn.leaky_relu(x, LRELU_SLOPE), mask))
+            x = x + c2(apply_mask(nn.leaky_relu(xt, LRELU_SLOPE), mask))
         return x
+
+
+def apply_mask(x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """``x [B, T, C] * mask [B, T]`` (identity without a mask)."""
+    return x if mask is None else x * mask[..., None].astype(x.dtype)
+
+
+def frame_mask(lengths: jax.Array | None, frames: int) -> jax.Array | None:
+    """``[B, frames]`` bool, True below each ``lengths`` entry; None without lengths."""
+    if lengths is None:
+        return None
+    return jnp.arange(frames)[None, :] < lengths[:, None]
 
 
 class MaskedGroupNorm(nn.Module):

@@ -147,7 +147,7 @@ class GroupResidualVQ(nn.Module):
 
     def get_codebooks(self) -> jax.Array:
         """All codebooks ``[R, G, K, d]`` (params in "loss" mode, the ``vq`` collection in EMA)."""
-        return self.codebooks if self.update == "loss" else self._codebooks.value
+        return jnp.asarray(self.codebooks if self.update == "loss" else self._codebooks.value)
 
     def check_levels(self, num_levels: int | None) -> int:
         levels = self.num_levels if num_levels is None else int(num_levels)
@@ -174,7 +174,7 @@ class GroupResidualVQ(nn.Module):
         codebooks = self.get_codebooks()
         if update:
             rng = self._vq_rng()
-            sizes, sums = self.cluster_size.value, self.embed_sum.value
+            sizes, sums = jnp.asarray(self.cluster_size.value), jnp.asarray(self.embed_sum.value)
 
         def group_mean(sq):  # [B*F, G, d] -> [G], mean over valid frames and channels
             return jnp.sum(jnp.mean(sq, axis=-1) * weight[:, None], axis=0) / n_valid

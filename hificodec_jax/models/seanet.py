@@ -1,0 +1,157 @@
+"""The HiFi-Codec paper's text architecture (SEANet-style), the ``"seanet"`` model family.
+
+Source: the HiFi-Codec paper (Yang et al., arXiv 2305.02765, "model architecture"), which
+describes an Encodec/SoundStream-like network rather than the released HiFi-GAN code:
+
+* encoder: a kernel-7 conv to ``C`` channels, then ``B`` blocks, each a residual unit (two
+  kernel-3 convs and a skip connection) followed by a strided conv of kernel ``2S`` that doubles
+  the channels, then a 2-layer LSTM and a final kernel-7 conv to ``D`` channels;
+* decoder: the mirror image, with transposed convs (kernel ``2S``, stride ``S``) halving the
+  channels, ending in a kernel-7 conv to one channel.
+  Paper settings: ``C = 32``, ``B = 4``, strides (2, 4, 5, 8) / (2, 4, 5, 6) / (2, 2, 2, 4).
+
+Choices the paper text leaves open (ours, following SEANet / Encodec where they decide):
+
+* activation: ELU (alpha 1) before every conv except the first, as SEANet; ``activation=
+  "leaky_relu"`` swaps in HiFi-GAN's leaky ReLU (slope 0.1) instead;
+* norm: weight norm on every conv and transposed conv (Encodec's default), none on the LSTM;
+* residual unit: ``x + conv(act(conv(act(x))))``, both convs ``residual_kernel_size`` wide at full
+  width, dilation 1 (SEANet's halves the hidden width and uses kernel 1 second), identity skip;
+* LSTM: unidirectional ``nn.OptimizedLSTMCell`` layers with one skip around the stack,
+  ``x + lstm(x)`` (Encodec's SLSTM); ``lengths`` become ``seq_lengths``;
+* decoder output: ``tanh`` (as the released HiFi-Codec decoder; Encodec's is linear),
+  ``tanh_output=False`` gives the linear one.
+
+Strided convs use :func:`strided_conv_padding` so ``T -> floor(T / S)`` exactly; transposed convs
+give exactly ``F * S``. Encoder: ``[B, T, 1] -> [B, floor(T / hop), latent_dim]``; decoder:
+``[B, F, D] -> [B, F * hop]`` with ``hop = prod(strides)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hificodec_jax.models.layers import (
+    LRELU_SLOPE,
+    Conv1d,
+    ConvTranspose1d,
+    strided_conv_padding,
+)
+
+
+def _activate(x: jax.Array, activation: str) -> jax.Array:
+    if activation == "elu":
+        return nn.elu(x)
+    if activation == "leaky_relu":
+        return nn.leaky_relu(x, LRELU_SLOPE)
+    raise ValueError(f"unknown activation {activation!r}; one of ['elu', 'leaky_relu']")
+
+
+class ResidualUnit(nn.Module):
+    """``x + conv_2(act(conv_1(act(x))))``: ``[B, T, C] -> [B, T, C]``."""
+
+    channels: int
+    kernel_size: int = 3
+    activation: str = "elu"
+    weight_norm: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c, k, wn = self.channels, self.kernel_size, self.weight_norm
+        h = Conv1d(c, k, weight_norm=wn, name="conv_1")(_activate(x, self.activation))
+        h = Conv1d(c, k, weight_norm=wn, name="conv_2")(_activate(h, self.activation))
+        return x + h
+
+
+class SkipLSTM(nn.Module):
+    """``x + LSTM_n(...LSTM_1(x))``: ``[B, F, C] -> [B, F, C]``, unidirectional, ``num_layers`` deep.
+
+    ``seq_lengths [B]`` (frames) are passed on to every ``nn.RNN``. Being unidirectional, the
+    outputs on valid frames never see the padding; the lengths also pick each clip's last carry.
+    """
+
+    features: int
+    num_layers: int = 2
+
+    @nn.compact
+    def __call__(self, x: jax.Array, seq_lengths: jax.Array | None = None) -> jax.Array:
+        h = x
+        for i in range(self.num_layers):
+            cell = nn.OptimizedLSTMCell(self.features, name=f"layer_{i}")
+            h = nn.RNN(cell)(h, seq_lengths=seq_lengths)
+        return x + h
+
+
+class SeanetEncoder(nn.Module):
+    """``wav [B, T, 1] -> z [B, floor(T / prod(strides)), latent_dim]``.
+
+    Block ``i`` works at ``channels * 2**i`` channels and leaves ``channels * 2**(i+1)``; the LSTM
+    and the output conv see ``channels * 2**B``. ``lengths [B]`` (samples) become the LSTM's
+    ``seq_lengths`` (``lengths // hop``); the convs are not masked, so only frames within their
+    receptive field of a clip's end can differ from those of the unpadded clip.
+    """
+
+    strides: Sequence[int] = (2, 4, 5, 8)
+    channels: int = 32
+    lstm_layers: int = 2
+    latent_dim: int = 512
+    residual_kernel_size: int = 3
+    activation: str = "elu"
+    weight_norm: bool = True
+
+    @nn.compact
+    def __call__(self, wav: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+        wn, act = self.weight_norm, self.activation
+        x = Conv1d(self.channels, 7, weight_norm=wn, name="conv_pre")(wav)  # [B, T, C]
+        hop = 1
+        for i, s in enumerate(self.strides):
+            ch = self.channels * 2**i
+            x = ResidualUnit(ch, self.residual_kernel_size, act, wn, name=f"res_{i}")(x)
+            x = Conv1d(
+                2 * ch,
+                2 * s,
+                stride=s,
+                padding=strided_conv_padding(2 * s, s),
+                weight_norm=wn,
+                name=f"down_{i}",
+            )(_activate(x, act))  # [B, T / (s_0 ... s_i), 2 ch]
+            hop *= s
+        frames = None if lengths is None else lengths // hop
+        x = SkipLSTM(x.shape[-1], self.lstm_layers, name="lstm")(x, frames)  # [B, F, C * 2**B]
+        return Conv1d(self.latent_dim, 7, weight_norm=wn, name="conv_post")(_activate(x, act))
+
+
+class SeanetDecoder(nn.Module):
+    """``z_q [B, F, D] -> wav_hat [B, F * prod(strides)]``; in (-1, 1) if ``tanh_output``.
+
+    ``strides`` are in decoder order (the encoder's reversed). A kernel-7 conv lifts ``D`` to
+    ``channels * 2**B``; block ``i`` upsamples by ``strides[i]`` to ``channels * 2**(B-1-i)``
+    channels and applies a residual unit, so the last block has ``channels``. ``frame_lengths
+    [B]`` become the LSTM's ``seq_lengths``.
+    """
+
+    strides: Sequence[int] = (8, 5, 4, 2)
+    channels: int = 32
+    lstm_layers: int = 2
+    residual_kernel_size: int = 3
+    activation: str = "elu"
+    tanh_output: bool = True
+    weight_norm: bool = True
+
+    @nn.compact
+    def __call__(self, z_q: jax.Array, frame_lengths: jax.Array | None = None) -> jax.Array:
+        wn, act, n = self.weight_norm, self.activation, len(self.strides)
+        ch = self.channels * 2**n
+        x = Conv1d(ch, 7, weight_norm=wn, name="conv_pre")(z_q)  # [B, F, C * 2**B]
+        x = SkipLSTM(ch, self.lstm_layers, name="lstm")(x, frame_lengths)
+        for i, s in enumerate(self.strides):
+            ch //= 2
+            x = ConvTranspose1d(ch, 2 * s, s, weight_norm=wn, name=f"up_{i}")(_activate(x, act))
+            x = ResidualUnit(ch, self.residual_kernel_size, act, wn, name=f"res_{i}")(x)
+            # x: [B, F * s_0 ... s_i, C * 2**(B-1-i)]
+        x = Conv1d(1, 7, weight_norm=wn, name="conv_post")(_activate(x, act))[..., 0]  # [B, T]
+        return jnp.tanh(x) if self.tanh_output else x

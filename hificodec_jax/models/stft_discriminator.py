@@ -1,0 +1,137 @@
+"""Encodec's multi-scale STFT discriminator (MS-STFT D), as used by HiFi-Codec's training.
+
+Reference: AcademiCodec ``encodec/msstftd.MultiScaleSTFTDiscriminator(filters=32)`` (spec 5.3).
+Each scale takes a complex STFT (periodic Hann, ``win = n_fft``, ``hop = n_fft / 4``,
+``center=False``, divided by ``sqrt(sum(w^2))`` like torchaudio's ``normalized=True``), stacks
+real and imaginary parts as 2 channels and runs six 2-D convs over (time, freq).
+
+Layout is channels-last: the spectrogram is ``[B, T', F, 2]`` (torch: ``(B, 2, T', F)``), feature
+maps ``[B, T', F_i, 32]`` and logits ``[B, T', F', 1]`` (torch ``(B, 1, T', F')``). 2-D kernels
+are ``[K_t, K_f, C_in, C_out]`` (``HWIO``); weight-norm ``weight_g`` is ``[1, 1, 1, C_out]``
+(torch's ``(C_out, 1, 1, 1)``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hificodec_jax.models.layers import _torch_uniform, _WeightNormed
+from hificodec_jax.spectral import hann_window, stft
+
+STFT_LRELU_SLOPE = 0.2  # Encodec's LeakyReLU(0.2), unlike HiFi-GAN's 0.1.
+STFT_N_FFTS = (1024, 2048, 512, 256, 128)  # reference order; hop = n_fft // 4, win = n_fft
+
+_DN2 = ("NHWC", "HWIO", "NHWC")
+
+
+def stft_features(wav: jax.Array, n_fft: int, hop: int) -> jax.Array:
+    """Real/imag STFT channels of ``wav [B, T]`` -> ``[B, 1 + (T - n_fft) // hop, n_fft//2+1, 2]``.
+
+    ``torchaudio.transforms.Spectrogram(n_fft, hop, n_fft, hann_window, normalized=True,
+    center=False, power=None)`` followed by ``cat([real, imag], dim=1)`` and the reference's
+    ``b c w t -> b c t w`` rearrange, in channels-last layout.
+    """
+    window = hann_window(n_fft, periodic=True, dtype=wav.dtype)
+    spec = stft(wav, n_fft, hop, window=window, center=False)  # [B, T', F] complex
+    w64 = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)  # the same window, in numpy
+    spec = spec / math.sqrt(float(np.sum(np.square(w64))))
+    return jnp.stack([spec.real, spec.imag], axis=-1).astype(wav.dtype)
+
+
+class Conv2d(_WeightNormed):
+    """2-D conv over ``[B, H, W, C_in] -> [B, H', W', features]`` with optional weight norm.
+
+    ``padding=None`` is Encodec's ``get_2d_padding``: ``((k - 1) * d // 2)`` per spatial axis,
+    symmetric. torch's default init; ``g`` per output channel as in ``weight_norm(Conv2d)``.
+    """
+
+    features: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int] = (1, 1)
+    dilation: tuple[int, int] = (1, 1)
+    padding: tuple[tuple[int, int], tuple[int, int]] | None = None
+    weight_norm: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c_in = x.shape[-1]
+        kh, kw = self.kernel_size
+        fan_in = c_in * kh * kw
+        kernel = self.kernel_param((kh, kw, c_in, self.features), fan_in, norm_axes=(0, 1, 2))
+        bias = self.param("bias", _torch_uniform(1.0 / math.sqrt(fan_in)), (self.features,))
+        pad = self.padding
+        if pad is None:
+            pad = tuple(
+                ((k - 1) * d // 2,) * 2
+                for k, d in zip(self.kernel_size, self.dilation, strict=True)
+            )
+        y = jax.lax.conv_general_dilated(
+            x,
+            kernel.astype(x.dtype),
+            window_strides=tuple(self.stride),
+            padding=tuple(tuple(p) for p in pad),
+            rhs_dilation=tuple(self.dilation),
+            dimension_numbers=_DN2,
+        )
+        return y + bias.astype(x.dtype)
+
+
+class STFTDiscriminator(nn.Module):
+    """One MS-STFT scale (Encodec ``DiscriminatorSTFT``): ``wav [B, T] -> (logits, fmaps)``.
+
+    ``logits [B, T', F', 1]``; ``fmaps``: the 5 post-LeakyReLU activations ``[B, T', F_i, C]``
+    (conv_post's output is *not* a feature map here, unlike MPD/MSD). Submodules ``convs_0..4``
+    and ``conv_post`` mirror torch's ``convs.N.conv`` / ``conv_post.conv``; ``convs_0`` has no
+    weight norm (AcademiCodec passes no ``norm`` to it), the rest do.
+    """
+
+    n_fft: int = 1024
+    hop_length: int | None = None  # None: n_fft // 4
+    filters: int = 32
+    kernel_size: tuple[int, int] = (3, 9)  # (time, freq)
+    dilations: Sequence[int] = (1, 2, 4)  # time dilation of convs_1..3
+    stride: tuple[int, int] = (1, 2)  # (time, freq) stride of convs_1..3
+
+    def setup(self):
+        k_t, _ = self.kernel_size
+        f = self.filters
+        convs = [Conv2d(f, self.kernel_size, weight_norm=False)]
+        for d in self.dilations:
+            convs.append(Conv2d(f, self.kernel_size, stride=self.stride, dilation=(d, 1)))
+        convs.append(Conv2d(f, (k_t, k_t)))
+        self.convs = convs
+        self.conv_post = Conv2d(1, (k_t, k_t))
+
+    def __call__(self, wav: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+        hop = self.hop_length or self.n_fft // 4
+        z = stft_features(wav, self.n_fft, hop)  # [B, T', n_fft//2+1, 2]
+        fmaps = []
+        for conv in self.convs:
+            z = nn.leaky_relu(conv(z), STFT_LRELU_SLOPE)  # freq halves in convs_1..3
+            fmaps.append(z)
+        return self.conv_post(z), fmaps
+
+
+class MultiScaleSTFTDiscriminator(nn.Module):
+    """Encodec's MS-STFT D: one :class:`STFTDiscriminator` per ``n_fft`` (hop ``n_fft // 4``).
+
+    ``wav [B, T]`` (``T >= max(n_ffts)``) -> list over scales of ``(logits, fmaps)``.
+    Submodules ``discriminators_i`` mirror torch's ``discriminators.i``.
+    """
+
+    n_ffts: Sequence[int] = STFT_N_FFTS
+    filters: int = 32
+
+    def setup(self):
+        self.discriminators = [
+            STFTDiscriminator(n_fft=n, hop_length=n // 4, filters=self.filters) for n in self.n_ffts
+        ]
+
+    def __call__(self, wav: jax.Array) -> list[tuple[jax.Array, list[jax.Array]]]:
+        return [d(wav) for d in self.discriminators]
