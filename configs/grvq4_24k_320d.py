@@ -7,9 +7,11 @@ from hificodec_jax import config_defaults as d
 
 
 def get_config(arg=None):
-    del arg
     model = d.hifigan_model_config(
         upsample_rates=(8, 5, 4, 2),  # ref, hop 320
         upsample_kernel_sizes=(16, 11, 8, 4),  # ref
     )
-    return d.base_config(24000, model)  # ref sampling_rate
+    config = d.base_config(24000, model, arg)  # ref sampling_rate
+    config.data.segment_size = 16000  # ref segment_size
+    config.batch_size = 80  # ref batch_size (global)
+    return config

@@ -10,11 +10,13 @@ from hificodec_jax import config_defaults as d
 
 
 def get_config(arg=None):
-    del arg
     model = d.hifigan_model_config(
         upsample_rates=(8, 5, 3, 2),  # ref 24k-240d rates, hop 240
         upsample_kernel_sizes=(16, 11, 7, 4),  # ref 24k-240d kernels
         num_groups=2,  # paper: GRVQ with 2 groups
         num_levels=4,  # paper: 8 codebooks in total
     )
-    return d.base_config(24000, model)
+    config = d.base_config(24000, model, arg)
+    config.data.segment_size = 12000  # ref 24k-240d segment_size
+    config.batch_size = 32  # ref 24k-240d batch_size
+    return config

@@ -7,7 +7,6 @@ from hificodec_jax import config_defaults as d
 
 
 def get_config(arg=None):
-    del arg
     model = d.hifigan_model_config(
         upsample_rates=(5, 4, 2),  # ours: hop 40 keeps tests fast
         upsample_kernel_sizes=(11, 8, 4),  # ref kernel/rate pairs
@@ -22,4 +21,16 @@ def get_config(arg=None):
     model.decoder.resblock_kernel_sizes = (3, 7)
     model.decoder.resblock_dilations = ((1, 3), (1, 3))
     model.quantizer.kmeans_iters = 3
-    return d.base_config(16000, model)
+    config = d.base_config(16000, model, arg)
+    # Narrow discriminators of the same three families (not the reference widths).
+    config.disc.mpd_channels = (4, 8, 16, 16, 16)
+    config.disc.msd_layers = ((8, 15, 1, 1), (16, 41, 4, 4), (16, 41, 4, 4), (16, 5, 1, 1))
+    config.disc.stft_n_ffts = (512, 256, 128)
+    config.disc.stft_filters = 4
+    config.data.segment_size = 4000  # 0.25 s: 100 frames at hop 40
+    config.batch_size = 8
+    config.total_steps = 200
+    config.log_every = 10
+    config.eval_every = 100
+    config.checkpoint_every = 100
+    return config

@@ -62,6 +62,13 @@ def build_codec(config: ml_collections.ConfigDict, *, weight_norm: bool = True) 
     return Codec(encoder=encoder, quantizer=quantizer, decoder=decoder, hop=hop)
 
 
+def build_discriminators(config: ml_collections.ConfigDict):
+    """The ``Discriminators`` module for a config's ``disc`` section."""
+    from hificodec_jax.models.discriminators import Discriminators  # noqa: PLC0415
+
+    return Discriminators(**_as_dict(config.disc))
+
+
 def hop_length(config: ml_collections.ConfigDict) -> int:
     """Samples per frame of a config's codec."""
     model = config.model

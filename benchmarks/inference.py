@@ -1,0 +1,139 @@
+"""Inference benchmark: encode + decode of 10 s of 16 kHz audio, batch 1, configs/grvq4.py.
+
+Prints progress lines, then one JSON object as the last line:
+    encdec_s_median, encode_s_median, decode_s_median, compile_s, rtf (seconds of compute per
+    second of audio), x_realtime, peak_rss_mib, probe_gflops (2048^2 fp32 matmul, measured in
+    this run just before timing), model_gflops_per_s, probe_fraction, gflop (XLA's count).
+The machines swing ~2x in speed: compare ratios measured in one run, not absolute times.
+The PyTorch reference takes 5.6-8 s (RTF 0.56-0.80, 1.8 GiB peak) for the same work here.
+
+Run: python benchmarks/inference.py [--seconds 10] [--repeats 5] [--config configs/grvq4.py]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import hificodec_jax
+from hificodec_jax.demo_audio import synthetic_speech
+from hificodec_jax.models.layers import fold_weight_norm
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def matmul_probe(n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of an ``n x n`` fp32 matmul (median), the machine's reachable ceiling."""
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def random_variables(codec, num_samples: int, seed: int = 0):
+    """Random variables of the right structure without compiling ``codec.init``."""
+    shapes = jax.eval_shape(
+        codec.init, jax.random.key(0), jax.ShapeDtypeStruct((1, num_samples), jnp.float32)
+    )
+    rng = np.random.default_rng(seed)
+
+    def draw(s):
+        if s.dtype == bool:
+            return np.ones(s.shape, bool)
+        fan_in = int(np.prod(s.shape[:-1])) if len(s.shape) > 1 else 1
+        return (rng.standard_normal(s.shape) / np.sqrt(max(fan_in, 1)) * 0.5).astype(s.dtype)
+
+    return jax.tree.map(draw, shapes)
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cost_gflop(compiled) -> float:
+    """XLA's FLOP count of a compiled function, in GFLOP (NaN where unavailable)."""
+    try:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list | tuple) else cost
+        return float(cost.get("flops", float("nan"))) / 1e9
+    except Exception:  # noqa: BLE001 (cost analysis is best-effort)
+        return float("nan")
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=os.path.join(REPO, "configs", "grvq4.py"))
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args(argv)
+
+    config = hificodec_jax.load_config(args.config)
+    sr = config.audio.sample_rate
+    codec = hificodec_jax.build_codec(config, weight_norm=False)  # folded: inference form
+    wn_codec = hificodec_jax.build_codec(config)
+    variables = random_variables(wn_codec, codec.hop)
+    variables = {**variables, "params": fold_weight_norm(variables["params"])}
+    variables = jax.device_put(variables)
+    wav = jnp.asarray(synthetic_speech(sr, args.seconds)[None])
+
+    encode_fn = jax.jit(lambda v, x: codec.apply(v, x, method="encode"))
+    decode_fn = jax.jit(lambda v, c: codec.apply(v, c, method="decode"))
+    streams = config.model.quantizer.num_levels * config.model.quantizer.num_groups
+    codes_spec = jax.ShapeDtypeStruct((1, wav.shape[1] // codec.hop, streams), jnp.int32)
+    t = time.perf_counter()  # trace + lower + compile, both jitted functions
+    encode = encode_fn.lower(variables, wav).compile()
+    decode = decode_fn.lower(variables, codes_spec).compile()
+    compile_s = time.perf_counter() - t
+    gflop = cost_gflop(encode) + cost_gflop(decode)
+    decode(variables, encode(variables, wav)).block_until_ready()  # warm-up run
+    print(f"compiled in {compile_s:.2f} s; {gflop:.0f} GFLOP per call", file=sys.stderr)
+
+    probe = matmul_probe()
+    enc_t, dec_t = [], []
+    for i in range(args.repeats):
+        t0 = time.perf_counter()
+        codes = encode(variables, wav).block_until_ready()
+        t1 = time.perf_counter()
+        decode(variables, codes).block_until_ready()
+        t2 = time.perf_counter()
+        enc_t.append(t1 - t0)
+        dec_t.append(t2 - t1)
+        print(f"run {i}: encode {t1 - t0:.3f} s, decode {t2 - t1:.3f} s", file=sys.stderr)
+    total = [e + d for e, d in zip(enc_t, dec_t, strict=True)]
+    med = statistics.median(total)
+    result = {
+        "config": os.path.relpath(args.config, REPO),
+        "audio_s": args.seconds,
+        "devices": str(jax.devices()[0].platform),
+        "encdec_s_median": round(med, 4),
+        "encode_s_median": round(statistics.median(enc_t), 4),
+        "decode_s_median": round(statistics.median(dec_t), 4),
+        "compile_s": round(compile_s, 3),
+        "rtf": round(med / args.seconds, 4),
+        "x_realtime": round(args.seconds / med, 3),
+        "peak_rss_mib": round(rss_mib(), 1),
+        "probe_gflops": round(probe, 1),
+        "gflop": round(gflop, 1),
+        "model_gflops_per_s": round(gflop / med, 1),
+        "probe_fraction": round(gflop / med / probe, 3),
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
