@@ -145,7 +145,7 @@ def make_train_step(
         (d_loss, (d_parts, spectral_new)), d_grads = jax.value_and_grad(d_objective, has_aux=True)(
             state.d_params
         )
-        d_grad_norm = optax.global_norm(d_grads)
+        d_grad_norm = optax.tree.norm(d_grads)
         d_ok = jnp.isfinite(d_loss) & jnp.isfinite(d_grad_norm)
         d_updates, d_opt_new = tx_d.update(d_grads, state.d_opt_state, state.d_params)
         d_params, d_opt_state, spectral = _select(
@@ -186,7 +186,7 @@ def make_train_step(
         )
         (g_grads,) = g_vjp((dwav_hat, jnp.asarray(lc.quantizer_weight, q_loss.dtype)))
         g_loss = g_wave_loss + lc.quantizer_weight * q_loss
-        g_grad_norm = optax.global_norm(g_grads)
+        g_grad_norm = optax.tree.norm(g_grads)
         g_ok = jnp.isfinite(g_loss) & jnp.isfinite(g_grad_norm)
         g_updates, g_opt_new = tx_g.update(g_grads, state.g_opt_state, state.g_params)
         g_params, g_opt_state, vq = _select(

@@ -1,0 +1,203 @@
+"""``train_and_evaluate(config, workdir)``: the GAN training loop.
+
+Data-parallel over every device of every process: a 1-D ``data`` mesh, batches sharded along
+it, the train state replicated and created already sharded (``eval_shape`` -> shardings ->
+``jit(create, out_shardings)``). Checkpoints (state + data iterator) and TensorBoard events
+live in ``workdir``; a restart resumes from the latest checkpoint on the exact next batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from hificodec_jax import factory, optim, sharding
+from hificodec_jax.checkpoint import EVAL_METRIC, Checkpointer
+from hificodec_jax.metric_writer import MetricWriter, Progress
+from hificodec_jax.spectral import mel_spectrogram
+from hificodec_jax.train_step import TrainState, create_train_state, make_train_step
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+
+
+def make_sources(config: ml_collections.ConfigDict, workdir: str):
+    """(train source, held-out source) from ``config.data``; the demo corpus when unset."""
+    from hificodec_jax import input_pipeline  # noqa: PLC0415  (grain/tfds only when training)
+
+    sr = config.audio.sample_rate
+    if config.data.tfds_dir:
+        return (
+            input_pipeline.ArrayRecordAudioSource(config.data.tfds_dir, "train", sr),
+            input_pipeline.ArrayRecordAudioSource(config.data.tfds_dir, "validation", sr),
+        )
+    directory = config.data.dir
+    if not directory:
+        from hificodec_jax.demo_corpus import ensure_demo_corpus  # noqa: PLC0415
+
+        directory = ensure_demo_corpus(os.path.join(workdir, "demo_corpus"), sr)
+        logging.info("no dataset configured: training on the built-in demo corpus %s", directory)
+    train_files, eval_files = input_pipeline.split_files(input_pipeline.list_audio_files(directory))
+    return (
+        input_pipeline.AudioFileSource(train_files, sr),
+        input_pipeline.AudioFileSource(eval_files, sr),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+def make_eval_step(codec, config):
+    """``(params, vq, wav [B, T], lengths) -> (mel L1 sum, frames, code counts, wav_hat)``."""
+    sr = config.audio.sample_rate
+    n_fft, hop, win = 1024, {16000: 200, 24000: 240}.get(sr, sr // 80), 1024 if sr > 16000 else 800
+
+    def mel(x):
+        return mel_spectrogram(
+            x, sample_rate=sr, n_fft=n_fft, num_mels=80, hop_size=hop, win_size=win
+        )
+
+    def step(params, vq, wav, lengths):
+        out = codec.apply({"params": params, "vq": vq}, wav, lengths)
+        target = wav[:, : out.wav_hat.shape[1]]
+        m, m_hat = mel(target), mel(out.wav_hat)  # [B, frames, 80]
+        valid = (jnp.arange(m.shape[1])[None, :] * hop < lengths[:, None]).astype(m.dtype)
+        l1 = jnp.sum(jnp.mean(jnp.abs(m - m_hat), axis=-1) * valid)
+        return l1, jnp.sum(valid), out.stats.counts, out.wav_hat, m, m_hat
+
+    return step
+
+
+def evaluate(eval_step, state: TrainState, eval_batches, writer, step: int, sample_rate: int):
+    """Mel distance (reference mel1024 L1 over valid frames) and codebook usage on held-out data."""
+    l1_sum = frames = 0.0
+    counts = None
+    first = None
+    for batch in eval_batches:
+        l1, n, c, wav_hat, m, m_hat = eval_step(
+            state.g_params, state.vq, batch["wav"], batch["lengths"]
+        )
+        l1_sum, frames = l1_sum + float(l1), frames + float(n)
+        counts = np.asarray(c) if counts is None else counts + np.asarray(c)
+        if first is None:
+            first = (np.asarray(batch["wav"][0]), np.asarray(wav_hat[0]), m[0], m_hat[0])
+    if counts is None:
+        return {}
+    p = counts / np.maximum(counts.sum(-1, keepdims=True), 1)
+    ppl = np.exp(-np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0), axis=-1))
+    metrics = {EVAL_METRIC: l1_sum / max(frames, 1.0), "eval/dead_codes": float((counts == 0).sum())}
+    metrics.update({f"eval/perplexity_{i}": float(v) for i, v in enumerate(ppl)})
+    writer.scalars(step, metrics)
+    wav, wav_hat, m, m_hat = first
+    writer.audio(step, "eval/reconstruction", wav_hat, sample_rate)
+    writer.audio(step, "eval/original", wav, sample_rate)
+    writer.mel_image(step, "eval/mel_reconstruction", np.asarray(m_hat))
+    writer.mel_image(step, "eval/mel_original", np.asarray(m))
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# Train loop
+# ----------------------------------------------------------------------------------------------
+
+
+def build(config: ml_collections.ConfigDict, mesh):
+    """Models, optimizers, the sharded state initialiser and the jitted step."""
+    codec = factory.build_codec(config)
+    discs = factory.build_discriminators(config)
+    tx_g, sched_g = optim.make_optimizer(config.optim.g)
+    tx_d, sched_d = optim.make_optimizer(config.optim.d)
+    seg = config.data.segment_size
+    create = functools.partial(create_train_state, codec, discs, tx_g, tx_d, segment_size=seg)
+    abstract = jax.eval_shape(create, jax.random.key(0))
+    repl, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
+    state_sharding = jax.tree.map(lambda _: repl, abstract)
+    init = jax.jit(create, out_shardings=state_sharding)
+    step = jax.jit(
+        make_train_step(codec, discs, tx_g, tx_d, (sched_g, sched_d), config),
+        in_shardings=(state_sharding, data),
+        out_shardings=(state_sharding, repl),
+        donate_argnums=(0,),
+    )
+    return codec, init, abstract, step
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Train ``config`` for ``config.total_steps`` steps, resuming from ``workdir`` if possible."""
+    from hificodec_jax import input_pipeline  # noqa: PLC0415
+
+    os.makedirs(workdir, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
+    mesh = sharding.make_mesh()
+    n_proc = jax.process_count()
+    if config.batch_size % jax.device_count():
+        raise ValueError(
+            f"batch_size {config.batch_size} must be divisible by the {jax.device_count()} devices"
+        )
+    codec, init, abstract, step_fn = build(config, mesh)
+    train_src, eval_src = make_sources(config, workdir)
+    train_ds = input_pipeline.make_train_dataset(
+        train_src,
+        segment_size=config.data.segment_size,
+        batch_size=config.batch_size // n_proc,
+        seed=config.seed,
+    )
+    train_iter = iter(train_ds)
+    ckpt = Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        keep=config.keep_checkpoints,
+        save_every=config.checkpoint_every,
+    )
+    if ckpt.latest_step() is not None:
+        state = ckpt.restore(abstract_with_sharding(abstract, mesh), train_iter)
+        logging.info("resumed from step %d", int(state.step))
+    else:
+        state = init(jax.random.key(config.seed))
+    writer = MetricWriter(os.path.join(workdir, "tensorboard"))
+    eval_step = jax.jit(make_eval_step(codec, config))
+    sr = config.audio.sample_rate
+    progress = Progress(
+        config.total_steps, config.batch_size * config.data.segment_size / sr, int(state.step)
+    )
+    step = int(state.step)
+    while step < config.total_steps:
+        batch = sharding.shard_batch(next(train_iter), mesh)
+        state, metrics = step_fn(state, batch)
+        step += 1
+        if step % config.log_every == 0 or step == config.total_steps:
+            metrics = jax.device_get(metrics)
+            metrics.update(progress.report(step, metrics))
+            metrics.update(input_pipeline.bad_file_metrics())
+            writer.scalars(step, metrics)
+        eval_metrics = None
+        if step % config.eval_every == 0 or step == config.total_steps:
+            eval_ds = input_pipeline.make_eval_dataset(
+                eval_src, max_seconds=config.data.eval_seconds, hop=codec.hop
+            )
+            eval_metrics = evaluate(eval_step, state, eval_ds, writer, step, sr)
+            logging.info("eval at step %d: %s", step, eval_metrics)
+        ckpt.save(
+            step,
+            state,
+            train_iter,
+            metrics=eval_metrics,
+            force=step == config.total_steps,
+        )
+    ckpt.close()
+    writer.close()
+    return state
+
+
+def abstract_with_sharding(abstract, mesh):
+    """Shape/dtype structs carrying the replicated sharding the state is restored into."""
+    repl = sharding.replicated(mesh)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), abstract)
