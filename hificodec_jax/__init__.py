@@ -14,6 +14,7 @@ _LAZY = {
     "fold_weight_norm": "hificodec_jax.models.layers",
     "Codec": "hificodec_jax.models.codec",
     "CodecOutput": "hificodec_jax.models.codec",
+    "load": "hificodec_jax.model_io",
 }
 
 __all__ = ["__version__", *_LAZY]
