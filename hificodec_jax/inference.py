@@ -26,10 +26,14 @@ Long files (:func:`chunked_encode`, :func:`chunked_decode`)
       it up to float rounding and no crossfade is needed (a centre crop is exact). A context
       below the receptive field gives a warning.
     * encoder: its convolutions are covered the same way, but its GroupNorm layers normalise
-      with statistics over the whole input (as in the reference), so a window's latents are
-      normalised by its own ~12 s of audio instead of the whole file's. With windows that long
-      the statistics barely move and codes only flip at near-ties; the decoded audio differs
-      from whole-file codes the way any other near-tie code choice does, with no discontinuity.
+      with statistics over the whole input (as in the reference), so by default a window's
+      latents are normalised by its own ~13 s of audio instead of the whole file's (closer to
+      the 1 s segments the model was trained on than an hour-long file's statistics would be).
+      With windows that long the statistics barely move and codes only flip at near-ties; the
+      audio decoded from them differs the way any other near-tie code choice does, with no
+      discontinuity at the seam. ``global_norm=True`` removes even that: it computes every
+      GroupNorm's whole-file statistics in ``N + 1`` passes (``N`` GroupNorm layers; 12 for
+      the released models) and then equals whole-file encoding up to float rounding.
 
 Batches (:func:`encode_batch`, :func:`decode_batch`)
     Clips are sorted by length, grouped (``max_batch``), padded to a length bucket and passed
@@ -49,6 +53,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from hificodec_jax.models.codec import Codec, check_codes
@@ -173,7 +178,6 @@ class _NormStats:
 
         if context.method_name != "__call__" or not isinstance(context.module, MaskedGroupNorm):
             return next_fun(*args, **kwargs)
-        jnp = jax.numpy
         k, module = len(self.partials), context.module
         x = args[0]
         mask = args[1] if len(args) > 1 else kwargs.get("mask")
@@ -218,12 +222,12 @@ def _norm_layout(codec: Codec, window: int) -> list[tuple[int, int]]:
 
 
 @functools.lru_cache(maxsize=64)
-def _encode_global_fn(codec: Codec, num_levels: int | None, window: int):
+def _encode_global_fn(codec: Codec, num_levels: int | None):
     import flax.linen as nn  # noqa: PLC0415
 
     def f(variables, wav, lengths, keep_lo, keep_hi, target, stats):
         _TRACES["encode"] += 1
-        hook = _NormStats(stats, target, keep_lo, keep_hi, window)
+        hook = _NormStats(stats, target, keep_lo, keep_hi, wav.shape[1])
         with nn.intercept_methods(hook):
             codes = codec.apply(variables, wav, lengths, method="encode", num_levels=num_levels)
         return codes, hook.partials
@@ -243,11 +247,21 @@ def _windows(
     Windows are ``chunk + 2 * context`` frames, placed as ``chunk_start - context`` but clamped
     into ``[0, total_frames - window]`` (``total_frames`` >= ``num_frames`` counts a trailing
     partial frame), so edge windows read real audio instead of padding where the file allows.
+    Consecutive chunks that land in the same (clamped) window are merged into one.
     """
     window = chunk + 2 * context
     last_start = max(total_frames - window, 0)
+    current = None
     for c in range(0, num_frames, chunk):
-        yield min(max(c - context, 0), last_start), c, min(c + chunk, num_frames)
+        s, e = min(max(c - context, 0), last_start), min(c + chunk, num_frames)
+        if current is not None and current[0] == s:  # same window (clamped): one run
+            current = (s, current[1], e)
+            continue
+        if current is not None:
+            yield current
+        current = (s, c, e)
+    if current is not None:
+        yield current
 
 
 def _check_chunking(chunk_frames, overlap_frames):
@@ -341,7 +355,7 @@ def chunked_encode(
 
     layout = _norm_layout(codec, window)
     stats = [(np.zeros(g, np.float32), np.ones(g, np.float32)) for g, _ in layout]
-    fn = _encode_global_fn(codec, num_levels, window)
+    fn = _encode_global_fn(codec, num_levels)
     with _Progress(len(windows) * (len(layout) + 1), progress, "encode") as bar:
         for target in range(len(layout) + 1):
             acc = None

@@ -5,13 +5,14 @@ Layout of a model directory (format version 1)::
     <dir>/config.json   the full config (``ConfigDict.to_json_best_effort``)
     <dir>/variables/    the variables as an orbax checkpoint (tensorstore arrays; no pickle)
     <dir>/model.json    {format_version, model_id, has_encoder, weight_norm, source,
-                         hificodec_jax_version}
+                         hificodec_jax_version, files: {checkpoint file: size}}
 
 ``save_model`` writes everything into a hidden sibling temp directory and renames it into place
 at the end, so a crash never leaves a half-written model directory behind. ``model_id`` is the
 first 16 bytes of a SHA-256 over the stored variables (every leaf, in sorted path order: path,
-dtype, shape and bytes), so two directories holding the same weights have the same id; ``load``
-recomputes it and refuses a checkpoint whose arrays no longer match.
+dtype, shape and bytes), so two directories holding the same weights have the same id. ``load``
+checks the checkpoint's file sizes against ``files`` before reading (a truncated or missing
+file is reported without orbax), then recomputes the id and refuses arrays that no longer match.
 
     codec, variables = hificodec_jax.load("models/hificodec-16k")
     codes = codec.apply(variables, wav, method="encode")
@@ -255,6 +256,7 @@ def save_model(
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / VARIABLES_DIR, host)
             ckptr.wait_until_finished()
+        meta["files"] = _file_sizes(tmp / VARIABLES_DIR)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))  # last: marks completeness
         if directory.exists():
             old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
@@ -268,6 +270,15 @@ def save_model(
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return str(directory)
+
+
+def _file_sizes(root: Path) -> dict[str, int]:
+    """``relative path -> size`` of every file under ``root`` (the checkpoint's manifest)."""
+    return {
+        p.relative_to(root).as_posix(): p.stat().st_size
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,6 +332,15 @@ def load_variables(directory: str | os.PathLike) -> dict:
     path = directory / VARIABLES_DIR
     if not path.is_dir():
         raise ModelNotFoundError(f"{directory}: missing the {VARIABLES_DIR}/ checkpoint")
+    for name, size in meta.get("files", {}).items():  # cheap check before orbax reads
+        f = path / name
+        if not f.is_file():
+            raise ModelLoadError(f"{path}: checkpoint file {name!r} is missing")
+        if f.stat().st_size != size:
+            raise ModelLoadError(
+                f"{path}: checkpoint file {name!r} has {f.stat().st_size} bytes, expected "
+                f"{size} (truncated or modified)"
+            )
     import orbax.checkpoint as ocp  # noqa: PLC0415
 
     try:

@@ -9,10 +9,14 @@ sys.path.insert(0, os.path.dirname(__file__))  # tests/helpers.py
 
 # One XLA compile per distinct program for the whole session (tests build the same tiny train
 # step several times); a fresh directory per session keeps runs hermetic.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402
 
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="hificodec_xla_"))
+_CACHE = tempfile.mkdtemp(prefix="hificodec_xla_")
+atexit.register(shutil.rmtree, _CACHE, True)
+jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -51,7 +51,7 @@ def fast_init(codec, num_samples: int, seed: int = 0):
             return np.zeros(s.shape, bool)
         if name in ("weight_v", "kernel"):
             fan_in = int(np.prod(s.shape[:-1]))
-            return rng.uniform(-1, 1, s.shape).astype(np.float32) / np.sqrt(fan_in)
+            return (rng.uniform(-1, 1, s.shape) / np.sqrt(fan_in)).astype(np.float32)
         if name == "weight_g":
             return rng.uniform(0.5, 1.5, s.shape).astype(np.float32)
         if name == "scale":

@@ -1,0 +1,340 @@
+"""Model directories (save / load / model_id) and .pth conversion, on the tiny config."""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+import struct
+import time
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from helpers import config, fast_init, noise
+
+import hificodec_jax
+from hificodec_jax import model_io
+from hificodec_jax.convert import CheckpointMismatchError, flax_to_torch
+from hificodec_jax.pth_reader import CheckpointFormatError
+
+
+@functools.cache
+def source():
+    """The tiny WN codec, float32 variables drawn with numpy, and a test signal."""
+    codec = hificodec_jax.build_codec(config("tiny"))
+    variables = fast_init(codec, 4000)
+    variables = jax.tree.map(
+        lambda x: np.asarray(x, jax.dtypes.canonicalize_dtype(x.dtype)), variables
+    )
+    return codec, variables, noise((4000,), seed=5)
+
+
+@functools.cache
+def jitted(codec, method: str | None = None):
+    return jax.jit(functools.partial(codec.apply, method=method) if method else codec.apply)
+
+
+@functools.cache
+def reference_outputs():
+    codec, variables, wav = source()
+    out = jitted(codec)(variables, wav)
+    return np.asarray(out.codes), np.asarray(out.wav_hat)
+
+
+def assert_same_outputs(codec, variables):
+    codes, wav_hat = reference_outputs()
+    out = jitted(codec)(variables, source()[2])
+    np.testing.assert_array_equal(np.asarray(out.codes), codes)
+    np.testing.assert_allclose(np.asarray(out.wav_hat), wav_hat, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    _, variables, _ = source()
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    return model_io.save_model(path, config("tiny"), variables, source="unit test")
+
+
+# ---------------------------------------------------------------------------------------------
+# save / load
+
+
+def test_save_load_round_trip_is_bitwise(saved):
+    _, variables, _ = source()
+    codec, loaded = model_io.load(saved, inference=False)
+    assert jax.tree.structure(loaded) == jax.tree.structure(variables)
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(variables), strict=True):
+        a = np.asarray(a)
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert a.tobytes() == b.tobytes()
+    assert codec == source()[0]
+    meta = json.loads((Path(saved) / "model.json").read_text())
+    assert meta["format_version"] == model_io.FORMAT_VERSION
+    assert meta["has_encoder"] is True and meta["source"] == "unit test"
+    assert meta["hificodec_jax_version"] == hificodec_jax.__version__
+
+
+def test_model_id_is_stable(saved, tmp_path):
+    _, variables, _ = source()
+    ident = model_io.model_id(saved)
+    assert isinstance(ident, bytes) and len(ident) == 16
+    assert model_io.model_id(variables) == ident
+    assert model_io.model_id(model_io.load(saved, inference=False)[1]) == ident
+    again = model_io.save_model(tmp_path / "again", config("tiny"), variables)
+    assert model_io.model_id(again) == ident
+    changed = jax.tree.map(lambda x: x, variables)
+    changed["params"]["decoder"]["conv_post"]["bias"] = changed["params"]["decoder"]["conv_post"][
+        "bias"
+    ] + np.float32(1e-6)
+    assert model_io.model_id(changed) != ident
+
+
+def test_config_round_trips(saved):
+    cfg = model_io.load_config_of(saved)
+    original = config("tiny")
+    assert cfg.to_dict() == original.to_dict()
+    assert isinstance(cfg.model.decoder.resblock_dilations[0], tuple)
+    assert hificodec_jax.bitrate(cfg) == hificodec_jax.bitrate(original)
+
+
+def test_folded_load_gives_the_same_outputs(saved):
+    codec, variables = hificodec_jax.load(saved)  # inference=True
+    assert codec.encoder.weight_norm is False and codec.decoder.weight_norm is False
+    assert "weight_v" not in str(jax.tree_util.tree_structure(variables))
+    assert_same_outputs(codec, variables)
+
+
+def test_save_refuses_to_overwrite_and_cleans_up_after_a_crash(saved, tmp_path, monkeypatch):
+    _, variables, _ = source()
+    with pytest.raises(FileExistsError):
+        model_io.save_model(saved, config("tiny"), variables)
+    import orbax.checkpoint as ocp
+
+    def crash(self, *args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(ocp.StandardCheckpointer, "save", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        model_io.save_model(tmp_path / "m", config("tiny"), variables)
+    assert os.listdir(tmp_path) == []  # neither the model nor a temp dir
+    with pytest.raises(
+        RuntimeError, match="disk full"
+    ):  # the old model survives a failed overwrite
+        model_io.save_model(saved, config("tiny"), variables, overwrite=True)
+    assert model_io.model_id(saved) == model_io.model_id(variables)
+
+
+def test_save_checks_variables_against_the_config(tmp_path):
+    _, variables, _ = source()
+    bad = jax.tree.map(lambda x: x, variables)
+    bad["params"]["decoder"]["conv_post"]["bias"] = np.full((1,), np.nan, np.float32)
+    with pytest.raises(ValueError, match="NaN"):
+        model_io.save_model(tmp_path / "nan", config("tiny"), bad)
+    other = config("tiny")
+    other.model.latent_dim = 16
+    with pytest.raises(ValueError, match="shape"):
+        model_io.save_model(tmp_path / "mismatch", other, variables)
+    assert not (tmp_path / "nan").exists() and not (tmp_path / "mismatch").exists()
+
+
+def _copy_model(saved, tmp_path, name: str = "copy") -> Path:
+    import shutil
+
+    copy = tmp_path / name
+    shutil.copytree(saved, copy)
+    return copy
+
+
+def _largest_checkpoint_file(model: Path) -> Path:
+    files = [p for p in (model / "variables").rglob("*") if p.is_file()]
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+def test_truncated_checkpoint_raises_model_load_error(saved, tmp_path):
+    copy = _copy_model(saved, tmp_path)
+    largest = _largest_checkpoint_file(copy)
+    data = largest.read_bytes()
+    largest.write_bytes(data[: len(data) // 2])
+    with pytest.raises(model_io.ModelLoadError, match="truncated") as info:
+        model_io.load(copy)
+    assert str(copy) in str(info.value) and largest.name in str(info.value)
+    largest.unlink()
+    with pytest.raises(model_io.ModelLoadError, match="missing"):
+        model_io.load(copy)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_corrupt_checkpoint_raises_model_load_error(saved, tmp_path):
+    """Same size, garbage content: orbax's own error is wrapped (or the id check fails)."""
+    copy = _copy_model(saved, tmp_path)
+    largest = _largest_checkpoint_file(copy)
+    largest.write_bytes(b"\0" * largest.stat().st_size)
+    with pytest.raises(model_io.ModelLoadError, match="corrupt") as info:
+        model_io.load(copy)
+    assert str(copy / "variables") in str(info.value)
+    time.sleep(0.5)  # orbax's failed reads finish on its threads: keep their noise in this test
+
+
+def test_missing_and_foreign_directories(saved, tmp_path):
+    with pytest.raises(model_io.ModelNotFoundError, match="no model directory"):
+        model_io.load(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError):  # also a FileNotFoundError (and a ValueError)
+        hificodec_jax.load(tmp_path / "nowhere")
+    copy = _copy_model(saved, tmp_path)
+    meta = json.loads((copy / "model.json").read_text())
+    (copy / "model.json").write_text(json.dumps({**meta, "format_version": 99}))
+    with pytest.raises(model_io.ModelLoadError, match="unknown model format version 99"):
+        model_io.load(copy)
+    (copy / "model.json").unlink()
+    with pytest.raises(model_io.ModelNotFoundError, match="model.json"):
+        model_io.load(copy)
+    copy2 = _copy_model(saved, tmp_path, "copy2")
+    (copy2 / "config.json").unlink()
+    with pytest.raises(model_io.ModelNotFoundError, match="config.json"):
+        model_io.load(copy2)
+
+
+# ---------------------------------------------------------------------------------------------
+# .pth conversion
+
+
+def write_pth(path: Path, obj: dict) -> None:
+    """A minimal ``torch.save`` (zip format) for dicts / OrderedDicts of float32 arrays and
+    ints: ``<stem>/data.pkl`` is a protocol-2 pickle that rebuilds each tensor with
+    ``torch._utils._rebuild_tensor_v2`` from a ``('storage', torch.FloatStorage, key, 'cpu',
+    numel)`` persistent id; ``<stem>/data/<key>`` holds the raw little-endian storage bytes."""
+    pkl, storages = io.BytesIO(), []
+    w = pkl.write
+
+    def string(s: str):
+        b = s.encode()
+        w(b"X" + struct.pack("<I", len(b)) + b)  # BINUNICODE
+
+    def integer(n: int):
+        w(b"J" + struct.pack("<i", n))  # BININT
+
+    def int_tuple(items):
+        w(b"(")  # MARK
+        for n in items:
+            integer(n)
+        w(b"t")  # TUPLE
+
+    def ordered_dict():
+        w(b"ccollections\nOrderedDict\n)R")  # GLOBAL, EMPTY_TUPLE, REDUCE
+
+    def emit(o):
+        if isinstance(o, np.ndarray):
+            a = np.ascontiguousarray(o, "<f4")
+            key = str(len(storages))
+            storages.append(a)
+            w(b"ctorch._utils\n_rebuild_tensor_v2\n(")  # GLOBAL, MARK (args)
+            w(b"(")
+            string("storage")
+            w(b"ctorch\nFloatStorage\n")
+            string(key)
+            string("cpu")
+            integer(a.size)
+            w(b"tQ")  # TUPLE, BINPERSID
+            integer(0)  # storage offset
+            int_tuple(a.shape)
+            int_tuple([s // a.itemsize for s in a.strides])
+            w(b"\x89")  # NEWFALSE: requires_grad
+            ordered_dict()  # backward hooks
+            w(b"tR")  # TUPLE, REDUCE
+        elif isinstance(o, dict):
+            ordered_dict() if isinstance(o, OrderedDict) else w(b"}")
+            if o:
+                w(b"(")
+                for k, v in o.items():
+                    string(k)
+                    emit(v)
+                w(b"u")  # SETITEMS
+        elif isinstance(o, int):
+            integer(o)
+        else:
+            raise TypeError(type(o))
+
+    w(b"\x80\x02")  # PROTO 2
+    emit(obj)
+    w(b".")  # STOP
+    stem = path.stem
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr(f"{stem}/data.pkl", pkl.getvalue())
+        zf.writestr(f"{stem}/byteorder", "little")
+        for key, a in enumerate(storages):
+            zf.writestr(f"{stem}/data/{key}", a.tobytes())
+        zf.writestr(f"{stem}/version", "3\n")
+
+
+@functools.cache
+def reference_state():
+    codec, variables, _ = source()
+    return flax_to_torch(variables, codec)
+
+
+@pytest.fixture(scope="module")
+def pth(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("pth") / "g_00001000.pth"
+    write_pth(path, {**reference_state(), "steps": 1000})
+    return path
+
+
+def test_convert_checkpoint_round_trip(pth, tmp_path):
+    out = model_io.convert_checkpoint(pth, config("tiny"), tmp_path / "converted")
+    meta = json.loads((Path(out) / "model.json").read_text())
+    assert meta["has_encoder"] is True and meta["source"].startswith("g_00001000.pth sha256:")
+    codec, variables = hificodec_jax.load(out)
+    assert_same_outputs(codec, variables)
+    _, wn = model_io.load(out, inference=False)  # the weights themselves are exact
+    for key in ("encoder", "decoder"):
+        for a, b in zip(
+            jax.tree.leaves(wn["params"][key]),
+            jax.tree.leaves(source()[1]["params"][key]),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_decoder_only_checkpoint_decodes_but_cannot_encode(tmp_path):
+    path = tmp_path / "decoder_only.pth"
+    write_pth(path, {k: v for k, v in reference_state().items() if k != "encoder"})
+    out = model_io.convert_checkpoint(path, config("tiny"), tmp_path / "decoder_only")
+    assert json.loads((Path(out) / "model.json").read_text())["has_encoder"] is False
+    codec, variables = hificodec_jax.load(out)
+    assert "encoder" not in variables["params"]
+    codes, _ = reference_outputs()
+    src_codec, src_variables, wav = source()
+    expected = jitted(src_codec, "decode")(src_variables, codes)
+    decoded = jitted(codec, "decode")(variables, codes)
+    np.testing.assert_allclose(np.asarray(decoded), np.asarray(expected), atol=1e-5)
+    for method in ("encode", "encode_latent", None):
+        with pytest.raises(model_io.MissingEncoderError, match="has no encoder"):
+            codec.apply(variables, wav, method=method)
+
+
+def test_mismatching_config_names_key_and_shapes(pth, tmp_path):
+    other = config("tiny")
+    other.model.decoder.upsample_initial_channel = 48
+    with pytest.raises(CheckpointMismatchError) as info:
+        model_io.convert_checkpoint(pth, other, tmp_path / "bad")
+    message = str(info.value)
+    # the first key in checkpoint order whose shape differs, with both shapes (torch layout)
+    assert message.startswith("generator.conv_post.weight_v: ")
+    assert "checkpoint shape (1, 4, 7) != model shape (1, 6, 7)" in message
+    assert not (tmp_path / "bad").exists()
+
+
+def test_truncated_pth_raises_a_clear_error(pth, tmp_path):
+    data = pth.read_bytes()
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(CheckpointFormatError, match="cut.pth"):
+        model_io.convert_checkpoint(cut, config("tiny"), tmp_path / "cut")
+    assert not (tmp_path / "cut").exists()
+    with pytest.raises(FileNotFoundError):
+        model_io.convert_checkpoint(tmp_path / "none.pth", config("tiny"), tmp_path / "none")
