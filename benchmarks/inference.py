@@ -8,6 +8,11 @@ The machines swing ~2x in speed: compare ratios measured in one run, not absolut
 The PyTorch reference takes 5.6-8 s (RTF 0.56-0.80, 1.8 GiB peak) for the same work here.
 
 Run: python benchmarks/inference.py [--seconds 10] [--repeats 5] [--config configs/grvq4.py]
+
+``--chunked``: 60 s of audio (``--seconds``) through the chunked long-audio path
+(``hificodec_jax.inference``) and through whole-file processing, each in its own process so
+that peak RSS is measured separately; prints one JSON object with both (``chunked_rtf``,
+``whole_rtf``, ``chunked_peak_rss_mib``, ``whole_peak_rss_mib``, ``max_abs_diff``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -79,7 +85,13 @@ def main(argv=None) -> dict:
     p.add_argument("--config", default=os.path.join(REPO, "configs", "grvq4.py"))
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--chunked", action="store_true", help="chunked vs whole file (60 s)")
+    p.add_argument("--mode", choices=("whole", "chunked"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.chunked:
+        return compare_chunked(args)
+    if args.mode:
+        return run_mode(args)
 
     config = hificodec_jax.load_config(args.config)
     sr = config.audio.sample_rate
@@ -130,6 +142,84 @@ def main(argv=None) -> dict:
         "gflop": round(gflop, 1),
         "model_gflops_per_s": round(gflop / med, 1),
         "probe_fraction": round(gflop / med / probe, 3),
+    }
+    print(json.dumps(result))
+    return result
+
+
+def _setup(args):
+    config = hificodec_jax.load_config(args.config)
+    codec = hificodec_jax.build_codec(config, weight_norm=False)
+    variables = random_variables(hificodec_jax.build_codec(config), codec.hop)
+    variables = {**variables, "params": fold_weight_norm(variables["params"])}
+    wav = synthetic_speech(config.audio.sample_rate, args.seconds)
+    return config, codec, jax.device_put(variables), wav
+
+
+def run_mode(args) -> dict:
+    """One mode in this process: encode + decode once (after a warm-up), time and peak RSS."""
+    from hificodec_jax import inference  # noqa: PLC0415
+
+    config, codec, variables, wav = _setup(args)
+    sr = config.audio.sample_rate
+    if args.mode == "chunked":
+
+        def run():
+            codes = inference.chunked_encode(codec, variables, wav, sample_rate=sr)
+            return inference.chunked_decode(codec, variables, codes, sample_rate=sr)
+    else:
+        enc = jax.jit(lambda v, x: codec.apply(v, x, method="encode"))
+        dec = jax.jit(lambda v, c: codec.apply(v, c, method="decode"))
+
+        def run():
+            return np.asarray(dec(variables, enc(variables, jnp.asarray(wav[None]))))[0]
+
+    t = time.perf_counter()
+    out = run()
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    out = run()
+    steady = time.perf_counter() - t
+    np.save(os.environ.get("HFC_BENCH_OUT", os.devnull), out)
+    result = {"mode": args.mode, "first_s": first, "steady_s": steady, "peak_rss_mib": rss_mib()}
+    print(json.dumps(result))
+    return result
+
+
+def compare_chunked(args) -> dict:
+    seconds = args.seconds if args.seconds != 10.0 else 60.0
+    results, outs = {}, {}
+    for mode in ("whole", "chunked"):
+        out_path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"hfc_bench_{mode}.npy")
+        cmd = [
+            sys.executable,
+            __file__,
+            "--mode",
+            mode,
+            "--seconds",
+            str(seconds),
+            "--config",
+            args.config,
+        ]
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "HFC_BENCH_OUT": out_path},
+        )
+        results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+        outs[mode] = np.load(out_path)
+        os.remove(out_path)
+        print(f"{mode}: {results[mode]}", file=sys.stderr)
+    result = {
+        "audio_s": seconds,
+        "whole_rtf": round(results["whole"]["steady_s"] / seconds, 4),
+        "chunked_rtf": round(results["chunked"]["steady_s"] / seconds, 4),
+        "whole_peak_rss_mib": round(results["whole"]["peak_rss_mib"], 1),
+        "chunked_peak_rss_mib": round(results["chunked"]["peak_rss_mib"], 1),
+        "max_abs_diff": float(np.max(np.abs(outs["whole"] - outs["chunked"]))),
+        "probe_gflops": round(matmul_probe(), 1),
     }
     print(json.dumps(result))
     return result

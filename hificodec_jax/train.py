@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from hificodec_jax import factory, optim, sharding
+from hificodec_jax import audio_data, factory, optim, sharding
 from hificodec_jax.checkpoint import EVAL_METRIC, Checkpointer
 from hificodec_jax.metric_writer import MetricWriter, Progress
 from hificodec_jax.spectral import mel_spectrogram
@@ -30,25 +30,37 @@ from hificodec_jax.train_step import TrainState, create_train_state, make_train_
 
 def make_sources(config: ml_collections.ConfigDict, workdir: str):
     """(train source, held-out source) from ``config.data``; the demo corpus when unset."""
-    from hificodec_jax import input_pipeline  # noqa: PLC0415  (grain/tfds only when training)
-
     sr = config.audio.sample_rate
     if config.data.tfds_dir:
-        return (
-            input_pipeline.ArrayRecordAudioSource(config.data.tfds_dir, "train", sr),
-            input_pipeline.ArrayRecordAudioSource(config.data.tfds_dir, "validation", sr),
-        )
+        raise NotImplementedError("config.data.tfds_dir: ArrayRecord input is not implemented yet")
     directory = config.data.dir
     if not directory:
-        from hificodec_jax.demo_corpus import ensure_demo_corpus  # noqa: PLC0415
-
         directory = ensure_demo_corpus(os.path.join(workdir, "demo_corpus"), sr)
         logging.info("no dataset configured: training on the built-in demo corpus %s", directory)
-    train_files, eval_files = input_pipeline.split_files(input_pipeline.list_audio_files(directory))
-    return (
-        input_pipeline.AudioFileSource(train_files, sr),
-        input_pipeline.AudioFileSource(eval_files, sr),
-    )
+    train_files, eval_files = audio_data.split_files(audio_data.list_audio_files(directory))
+    return audio_data.AudioFileSource(train_files, sr), audio_data.AudioFileSource(eval_files, sr)
+
+
+def ensure_demo_corpus(directory: str, sample_rate: int, num_clips: int = 64) -> str:
+    """The built-in default data: synthetic speech-like clips (``demo_audio``), written once.
+
+    Stand-in for an eSpeak NG corpus (not built yet): varied pitch, formants and noise bursts,
+    2-4 s each. Written to a temporary directory first, then renamed, so it is never partial.
+    """
+    import soundfile as sf  # noqa: PLC0415
+
+    from hificodec_jax.demo_audio import synthetic_speech  # noqa: PLC0415
+
+    if os.path.isdir(directory):
+        return directory
+    tmp = directory + ".tmp"
+    os.makedirs(tmp, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(num_clips):
+        wav = synthetic_speech(sample_rate, float(rng.uniform(2.0, 4.0)), seed=i)
+        sf.write(os.path.join(tmp, f"demo_{i:03d}.wav"), wav, sample_rate)
+    os.replace(tmp, directory)
+    return directory
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,7 +106,10 @@ def evaluate(eval_step, state: TrainState, eval_batches, writer, step: int, samp
         return {}
     p = counts / np.maximum(counts.sum(-1, keepdims=True), 1)
     ppl = np.exp(-np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0), axis=-1))
-    metrics = {EVAL_METRIC: l1_sum / max(frames, 1.0), "eval/dead_codes": float((counts == 0).sum())}
+    metrics = {
+        EVAL_METRIC: l1_sum / max(frames, 1.0),
+        "eval/dead_codes": float((counts == 0).sum()),
+    }
     metrics.update({f"eval/perplexity_{i}": float(v) for i, v in enumerate(ppl)})
     writer.scalars(step, metrics)
     wav, wav_hat, m, m_hat = first
@@ -133,8 +148,6 @@ def build(config: ml_collections.ConfigDict, mesh):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Train ``config`` for ``config.total_steps`` steps, resuming from ``workdir`` if possible."""
-    from hificodec_jax import input_pipeline  # noqa: PLC0415
-
     os.makedirs(workdir, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
     mesh = sharding.make_mesh()
@@ -145,7 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         )
     codec, init, abstract, step_fn = build(config, mesh)
     train_src, eval_src = make_sources(config, workdir)
-    train_ds = input_pipeline.make_train_dataset(
+    train_ds = audio_data.make_train_dataset(
         train_src,
         segment_size=config.data.segment_size,
         batch_size=config.batch_size // n_proc,
@@ -176,11 +189,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         if step % config.log_every == 0 or step == config.total_steps:
             metrics = jax.device_get(metrics)
             metrics.update(progress.report(step, metrics))
-            metrics.update(input_pipeline.bad_file_metrics())
+            metrics.update(audio_data.bad_file_metrics())
             writer.scalars(step, metrics)
         eval_metrics = None
         if step % config.eval_every == 0 or step == config.total_steps:
-            eval_ds = input_pipeline.make_eval_dataset(
+            eval_ds = audio_data.make_eval_dataset(
                 eval_src, max_seconds=config.data.eval_seconds, hop=codec.hop
             )
             eval_metrics = evaluate(eval_step, state, eval_ds, writer, step, sr)

@@ -37,7 +37,9 @@ class TrainState(flax.struct.PyTreeNode):
     d_opt_state: Any
     vq: Any  # EMA codebook collection ({} in "loss" mode); never touched by optax
     spectral: Any  # MSD spectral-norm power-iteration vectors
-    rng: jax.Array  # base key; step keys are fold_in(rng, step)
+    rng: (
+        jax.Array
+    )  # base key as raw uint32 key data (checkpointable); step key = fold_in(rng, step)
     skipped: jax.Array  # [2] int32: G and D updates skipped for non-finite values
 
 
@@ -55,7 +57,7 @@ def create_train_state(codec: nn.Module, discs: nn.Module, tx_g, tx_d, rng, segm
         d_opt_state=tx_d.init(d_vars["params"]),
         vq=g_vars.get("vq", {}),
         spectral=d_vars.get("spectral", {}),
-        rng=k_state,
+        rng=jax.random.key_data(k_state),
         skipped=jnp.zeros((2,), jnp.int32),
     )
 
@@ -110,7 +112,7 @@ def make_train_step(
     def step(state: TrainState, batch: dict):
         wav, lengths = batch["wav"], batch["lengths"]
         b = wav.shape[0]
-        rng = jax.random.fold_in(state.rng, state.step)
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         metrics = {}
 
         # -- generator forward, linearised once ------------------------------------------------
