@@ -1,4 +1,6 @@
-"""The main job's built-in default: an encode/decode round trip of a demo signal.
+"""A smoke check of a config's codec: an encode/decode round trip of a demo signal.
+
+``python -m hificodec_jax.roundtrip_demo configs/grvq4.py [WORKDIR]``.
 
 Builds the config's codec with freshly initialised (untrained) weights, encodes a synthetic
 speech-like signal to codes and decodes it, and writes ``input.wav``, ``output.wav`` and
@@ -20,12 +22,6 @@ from absl import logging
 
 from hificodec_jax.demo_audio import synthetic_speech
 from hificodec_jax.factory import bitrate, build_codec
-
-
-def default_workdir(flags) -> str:
-    """``runs/<config file stem>`` under the current directory."""
-    name = os.path.splitext(os.path.basename(flags["config"].value.split(":")[0]))[0]
-    return os.path.join("runs", name or "default")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, seconds: float = 3.0) -> dict:
@@ -61,3 +57,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, seconds: float = 3.0) -
     logging.info("round trip done: %s", summary)
     print(json.dumps(summary))
     return summary
+
+
+if __name__ == "__main__":
+    import sys
+
+    from hificodec_jax.factory import load_config
+
+    run(load_config(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "runs/roundtrip")

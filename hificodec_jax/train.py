@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from hificodec_jax import audio_data, factory, optim, sharding
+from hificodec_jax import factory, input_pipeline, optim, sharding
 from hificodec_jax.checkpoint import EVAL_METRIC, Checkpointer
 from hificodec_jax.metric_writer import MetricWriter, Progress
 from hificodec_jax.spectral import mel_spectrogram
@@ -30,37 +30,26 @@ from hificodec_jax.train_step import TrainState, create_train_state, make_train_
 
 def make_sources(config: ml_collections.ConfigDict, workdir: str):
     """(train source, held-out source) from ``config.data``; the demo corpus when unset."""
+    from hificodec_jax import input_pipeline  # noqa: PLC0415  (grain/tfds only when training)
+    from hificodec_jax.audio_io import list_audio_files  # noqa: PLC0415
+
     sr = config.audio.sample_rate
     if config.data.tfds_dir:
-        raise NotImplementedError("config.data.tfds_dir: ArrayRecord input is not implemented yet")
+        return (
+            input_pipeline.ArrayRecordAudioSource(config.data.tfds_dir, "train", sr),
+            input_pipeline.ArrayRecordAudioSource(config.data.tfds_dir, "validation", sr),
+        )
     directory = config.data.dir
     if not directory:
+        from hificodec_jax.demo_corpus import ensure_demo_corpus  # noqa: PLC0415
+
         directory = ensure_demo_corpus(os.path.join(workdir, "demo_corpus"), sr)
         logging.info("no dataset configured: training on the built-in demo corpus %s", directory)
-    train_files, eval_files = audio_data.split_files(audio_data.list_audio_files(directory))
-    return audio_data.AudioFileSource(train_files, sr), audio_data.AudioFileSource(eval_files, sr)
-
-
-def ensure_demo_corpus(directory: str, sample_rate: int, num_clips: int = 64) -> str:
-    """The built-in default data: synthetic speech-like clips (``demo_audio``), written once.
-
-    Stand-in for an eSpeak NG corpus (not built yet): varied pitch, formants and noise bursts,
-    2-4 s each. Written to a temporary directory first, then renamed, so it is never partial.
-    """
-    import soundfile as sf  # noqa: PLC0415
-
-    from hificodec_jax.demo_audio import synthetic_speech  # noqa: PLC0415
-
-    if os.path.isdir(directory):
-        return directory
-    tmp = directory + ".tmp"
-    os.makedirs(tmp, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(num_clips):
-        wav = synthetic_speech(sample_rate, float(rng.uniform(2.0, 4.0)), seed=i)
-        sf.write(os.path.join(tmp, f"demo_{i:03d}.wav"), wav, sample_rate)
-    os.replace(tmp, directory)
-    return directory
+    train_files, eval_files = input_pipeline.split_files(list_audio_files(directory))
+    return (
+        input_pipeline.AudioFileSource(train_files, sr),
+        input_pipeline.AudioFileSource(eval_files, sr),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,7 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         )
     codec, init, abstract, step_fn = build(config, mesh)
     train_src, eval_src = make_sources(config, workdir)
-    train_ds = audio_data.make_train_dataset(
+    train_ds = input_pipeline.make_train_dataset(
         train_src,
         segment_size=config.data.segment_size,
         batch_size=config.batch_size // n_proc,
@@ -189,11 +178,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         if step % config.log_every == 0 or step == config.total_steps:
             metrics = jax.device_get(metrics)
             metrics.update(progress.report(step, metrics))
-            metrics.update(audio_data.bad_file_metrics())
+            metrics.update(input_pipeline.bad_file_metrics())
             writer.scalars(step, metrics)
         eval_metrics = None
         if step % config.eval_every == 0 or step == config.total_steps:
-            eval_ds = audio_data.make_eval_dataset(
+            eval_ds = input_pipeline.make_eval_dataset(
                 eval_src, max_seconds=config.data.eval_seconds, hop=codec.hop
             )
             eval_metrics = evaluate(eval_step, state, eval_ds, writer, step, sr)
