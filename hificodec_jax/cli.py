@@ -166,7 +166,15 @@ def cmd_evaluate(args) -> None:
     from hificodec_jax import evaluation  # noqa: PLC0415
 
     codec, variables, config, _ = _load(args.model)
-    files = _expand(args.data)
+    if len(args.data) == 1 and ":" in args.data[0] and not os.path.exists(args.data[0]):
+        # TFDS ArrayRecord data prepared by hificodec_jax.corpora: DIR:SPLIT
+        from hificodec_jax.input_pipeline import ArrayRecordAudioSource  # noqa: PLC0415
+
+        data_dir, split = args.data[0].rsplit(":", 1)
+        src = ArrayRecordAudioSource(data_dir, split, config.audio.sample_rate)
+        files = {src.name(i): src[i] for i in range(len(src))}
+    else:
+        files = _expand(args.data)
     if not files:
         raise SystemExit(f"hificodec-jax: no audio files in {args.data}")
     result = evaluation.evaluate(
@@ -208,7 +216,9 @@ def make_parser() -> argparse.ArgumentParser:
         s.set_defaults(fn=fn)
     e = sub.add_parser("evaluate", help="PESQ/STOI/ViSQOL/mel/SI-SDR + codebook usage")
     e.add_argument("--model", required=True)
-    e.add_argument("--data", required=True, nargs="+", help="directory, files or globs")
+    e.add_argument(
+        "--data", required=True, nargs="+", help="directory, files, globs, or TFDS_DIR:SPLIT"
+    )
     e.add_argument("--out", default=None, help="report prefix (writes PREFIX.json, PREFIX.csv)")
     e.add_argument("--levels", type=int, default=None)
     e.add_argument("--no-progress", dest="progress", action="store_false")

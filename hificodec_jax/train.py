@@ -196,6 +196,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         )
     ckpt.close()
     writer.close()
+    if jax.process_index() == 0:  # generator-only export: hificodec_jax.load(workdir/"export")
+        from hificodec_jax.model_io import save_model  # noqa: PLC0415
+
+        variables = jax.device_get({"params": state.g_params, "vq": state.vq})
+        if not variables["vq"]:
+            del variables["vq"]
+        save_model(
+            os.path.join(workdir, "export"), config, variables, source="train", overwrite=True
+        )
     return state
 
 
