@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 from helpers import config
 
+import hificodec_jax
 from hificodec_jax import input_pipeline
 from hificodec_jax.checkpoint import Checkpointer
 from hificodec_jax.demo_audio import synthetic_speech
@@ -56,6 +57,10 @@ def test_resume_is_bit_exact_and_writes_events(data_dir, tmp_path):
     events = os.listdir(tmp_path / "a" / "tensorboard")
     assert any(e.startswith("events.out.tfevents") for e in events)
     assert Checkpointer(str(tmp_path / "a" / "checkpoints")).latest_step() == 4
+    # The generator export loads in one call and decodes.
+    codec, variables = hificodec_jax.load(str(tmp_path / "b" / "export"))
+    wav_hat = codec.apply(variables, np.zeros((1, 10, 4), np.int32), method="decode")
+    assert wav_hat.shape == (1, 400) and np.all(np.isfinite(wav_hat))
     # The corrupt, silent and NaN files in the data directory were skipped, not fatal.
     bad = " ".join(input_pipeline.bad_file_stats())
     assert "corrupt" in bad and "silent" in bad and "nan" in bad
