@@ -31,7 +31,7 @@ def _note(msg: str) -> None:
 def _read_audio(path: str, sample_rate: int) -> np.ndarray:
     import soundfile as sf  # noqa: PLC0415
 
-    from hificodec_jax.evaluation import load_audio  # noqa: PLC0415
+    from hificodec_jax.audio_io import load_audio  # noqa: PLC0415
 
     try:
         info = sf.info(path)

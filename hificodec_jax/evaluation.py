@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hificodec_jax.audio_io import load_audio, resample  # noqa: F401  (re-exported)
+
 _WARNED: set[str] = set()  # optional packages already reported missing
 _LOUDNESS_RMS = 0.1  # -20 dBFS, target RMS of mel_distance(loudness_normalize=True)
 _MEL = {"n_fft": 1024, "num_mels": 80, "hop_size": 256, "win_size": 1024}
@@ -63,21 +65,13 @@ def _pair(ref, deg) -> tuple[np.ndarray, np.ndarray]:
     return ref, deg
 
 
-def _resample(x: np.ndarray, sr: int, target: int) -> np.ndarray:
-    if sr == target:
-        return x
-    import soxr  # noqa: PLC0415  (librosa's "soxr_hq" backend, without librosa's import cost)
-
-    return soxr.resample(x, sr, target, quality="HQ")
-
-
 def pesq_wb(ref, deg, sr: int) -> float:
     """Wide-band PESQ MOS-LQO at 16 kHz (NaN: ``pesq`` missing, or no speech in ``ref``)."""
     ref, deg = _pair(ref, deg)
     pesq = _optional("pesq", "pesq_wb")
     if pesq is None:
         return math.nan
-    ref, deg = _resample(ref, sr, 16000), _resample(deg, sr, 16000)
+    ref, deg = resample(ref, sr, 16000), resample(deg, sr, 16000)
     try:
         return float(pesq.pesq(16000, ref, deg, "wb"))
     except pesq.NoUtterancesError:
@@ -109,7 +103,7 @@ def visqol_speech(ref, deg, sr: int) -> float:
     api = _visqol_api()
     if api is None:
         return math.nan
-    ref, deg = _resample(ref, sr, 16000), _resample(deg, sr, 16000)
+    ref, deg = resample(ref, sr, 16000), resample(deg, sr, 16000)
     return float(api.measure_from_arrays(ref, deg, 16000).moslqo)
 
 
@@ -159,14 +153,6 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray, int], float]] = {
     "mel_distance_norm": functools.partial(mel_distance, loudness_normalize=True),
     "si_sdr": lambda ref, deg, sr: si_sdr(ref, deg),
 }
-
-
-def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
-    """An audio file as mono float32 ``[T]`` at ``sample_rate`` (channel mean, soxr resample)."""
-    import soundfile as sf  # noqa: PLC0415
-
-    wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    return _resample(wav.mean(axis=1), sr, sample_rate).astype(np.float32)
 
 
 def _inputs(files_or_arrays, sample_rate: int):
