@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from hificodec_jax import factory, input_pipeline, optim, sharding
+from hificodec_jax import factory, input_pipeline, losses, optim, sharding
 from hificodec_jax.checkpoint import EVAL_METRIC, Checkpointer
 from hificodec_jax.metric_writer import MetricWriter, Progress
 from hificodec_jax.spectral import mel_spectrogram
@@ -60,7 +60,7 @@ def make_sources(config: ml_collections.ConfigDict, workdir: str):
 def make_eval_step(codec, config):
     """``(params, vq, wav [B, T], lengths) -> (mel L1 sum, frames, code counts, wav_hat)``."""
     sr = config.audio.sample_rate
-    n_fft, hop, win = 1024, {16000: 200, 24000: 240}.get(sr, sr // 80), 1024 if sr > 16000 else 800
+    n_fft, hop, win, _ = losses.reference_mel_resolutions(sr)[0]  # the reference's mel1024
 
     def mel(x):
         return mel_spectrogram(

@@ -75,6 +75,19 @@ def _split_real_fake(d_out: dict, batch: int):
     return out
 
 
+def _update_if_finite(tx, loss, grads, params, opt_state, extra_new, extra_old):
+    """One optax update, applied only when ``loss`` and the gradient norm are finite.
+
+    Returns ``(params, opt_state, extra, grad_norm, ok)``; ``extra`` (non-optax state updated
+    by the same forward pass, e.g. EMA codebooks) follows the same decision.
+    """
+    grad_norm = optax.tree.norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_new = tx.update(grads, opt_state, params)
+    new = (optax.apply_updates(params, updates), opt_new, extra_new)
+    return (*_select(ok, new, (params, opt_state, extra_old)), grad_norm, ok)
+
+
 def _select(pred, new, old):
     """``new`` if ``pred`` else ``old`` for whole pytrees, as one conditional.
 
@@ -147,13 +160,8 @@ def make_train_step(
         (d_loss, (d_parts, spectral_new)), d_grads = jax.value_and_grad(d_objective, has_aux=True)(
             state.d_params
         )
-        d_grad_norm = optax.tree.norm(d_grads)
-        d_ok = jnp.isfinite(d_loss) & jnp.isfinite(d_grad_norm)
-        d_updates, d_opt_new = tx_d.update(d_grads, state.d_opt_state, state.d_params)
-        d_params, d_opt_state, spectral = _select(
-            d_ok,
-            (optax.apply_updates(state.d_params, d_updates), d_opt_new, spectral_new),
-            (state.d_params, state.d_opt_state, state.spectral),
+        d_params, d_opt_state, spectral, d_grad_norm, d_ok = _update_if_finite(
+            tx_d, d_loss, d_grads, state.d_params, state.d_opt_state, spectral_new, state.spectral
         )
         metrics.update(d_parts)
         metrics["loss/d_total"] = d_loss
@@ -188,13 +196,8 @@ def make_train_step(
         )
         (g_grads,) = g_vjp((dwav_hat, jnp.asarray(lc.quantizer_weight, q_loss.dtype)))
         g_loss = g_wave_loss + lc.quantizer_weight * q_loss
-        g_grad_norm = optax.tree.norm(g_grads)
-        g_ok = jnp.isfinite(g_loss) & jnp.isfinite(g_grad_norm)
-        g_updates, g_opt_new = tx_g.update(g_grads, state.g_opt_state, state.g_params)
-        g_params, g_opt_state, vq = _select(
-            g_ok,
-            (optax.apply_updates(state.g_params, g_updates), g_opt_new, vq_new),
-            (state.g_params, state.g_opt_state, state.vq),
+        g_params, g_opt_state, vq, g_grad_norm, g_ok = _update_if_finite(
+            tx_g, g_loss, g_grads, state.g_params, state.g_opt_state, vq_new, state.vq
         )
         metrics.update(g_parts)
         metrics["loss/quantizer"] = q_loss
