@@ -20,12 +20,22 @@ from absl import logging
 EVAL_METRIC = "eval/mel_distance"
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint exists but cannot be read back (truncated, damaged or foreign files)."""
+
+
 def _data_iter_args(save: bool, iterator):
     import grain  # noqa: PLC0415
 
     if save:
         return grain.checkpoint.CheckpointSave(iterator)
     return grain.checkpoint.CheckpointRestore(iterator)
+
+
+def _eval_metric(metrics) -> float:
+    """Sort key for BestN; a checkpoint without the metric ranks worst (never "best")."""
+    value = (metrics or {}).get(EVAL_METRIC)
+    return float("inf") if value is None else float(value)
 
 
 class Checkpointer:
@@ -38,8 +48,13 @@ class Checkpointer:
         policy = ocp.checkpoint_managers.AnyPreservationPolicy(
             [
                 ocp.checkpoint_managers.LatestN(keep),
+                # Checkpoints saved between evals carry no metric: they are kept by LatestN
+                # only (orbax would otherwise keep every one of them forever).
                 ocp.checkpoint_managers.BestN(
-                    get_metric_fn=lambda m: m[EVAL_METRIC], reverse=True, n=1
+                    get_metric_fn=_eval_metric,
+                    reverse=True,
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
                 ),
             ]
         )
@@ -68,7 +83,7 @@ class Checkpointer:
         args = {"state": ocp.args.StandardSave(state)}
         if data_iter is not None:
             args["data_iter"] = _data_iter_args(True, data_iter)
-        metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
+        metrics = {k: float(v) for k, v in (metrics or {}).items()}
         return self.manager.save(
             step, args=ocp.args.Composite(**args), metrics=metrics, force=force
         )
@@ -82,7 +97,15 @@ class Checkpointer:
         args = {"state": ocp.args.StandardRestore(abstract)}
         if data_iter is not None:
             args["data_iter"] = _data_iter_args(False, data_iter)
-        restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+        except Exception as e:  # orbax/tensorstore raise many types for damaged files
+            path = os.path.join(self.directory, str(step))
+            raise CheckpointError(
+                f"checkpoint at step {step} ({path}) cannot be restored: {type(e).__name__}: "
+                f"{str(e)[:500]}. Restore an earlier step (restore(..., step=N); kept: "
+                f"{self.manager.all_steps()}) or move this directory away."
+            ) from e
         return restored["state"]
 
     def wait(self) -> None:

@@ -1,0 +1,75 @@
+"""Checkpointer: retention (last K + best by eval), restore == saved, refusal of non-finite
+states, and clear errors for damaged checkpoints."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hificodec_jax.checkpoint import EVAL_METRIC, Checkpointer, CheckpointError
+
+
+def _state(seed: float):
+    return {
+        "w": jnp.arange(12, dtype=jnp.float32).reshape(3, 4) * seed,
+        "step": jnp.asarray(int(seed), jnp.int32),
+        "key": jax.random.key_data(jax.random.key(int(seed))),
+    }
+
+
+def _abstract():
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _state(1.0))
+
+
+def test_keeps_last_k_plus_best_by_eval(tmp_path):
+    ckpt = Checkpointer(str(tmp_path), keep=2, save_every=1)
+    evals = {2: 0.5, 4: 0.9}  # step 2 is the best eval; steps 1, 3, 5, 6 carry no metric
+    for step in range(1, 7):
+        metrics = {EVAL_METRIC: evals[step]} if step in evals else None
+        assert ckpt.save(step, _state(step), metrics=metrics)
+    ckpt.close()
+    assert Checkpointer(str(tmp_path)).manager.all_steps() == [2, 5, 6]
+
+
+def test_restore_equals_saved(tmp_path):
+    ckpt = Checkpointer(str(tmp_path), save_every=1)
+    ckpt.save(3, _state(3.0))
+    ckpt.close()
+    restored = Checkpointer(str(tmp_path)).restore(_abstract())
+    for a, b in zip(jax.tree.leaves(_state(3.0)), jax.tree.leaves(restored), strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_non_finite_state_is_never_written(tmp_path):
+    ckpt = Checkpointer(str(tmp_path), save_every=1)
+    bad = _state(1.0)
+    bad["w"] = bad["w"].at[0, 0].set(jnp.nan)
+    assert not ckpt.save(1, bad)
+    ckpt.close()
+    assert ckpt.latest_step() is None
+
+
+def test_damaged_checkpoint_gives_a_clear_error(tmp_path):
+    ckpt = Checkpointer(str(tmp_path), save_every=1)
+    ckpt.save(1, _state(1.0))
+    ckpt.close()
+    damaged = 0
+    for root, _, files in os.walk(tmp_path / "1" / "state"):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "r+b") as f:  # truncate every data and metadata file
+                f.truncate(os.path.getsize(path) // 2)
+            damaged += 1
+    assert damaged
+    with pytest.raises(CheckpointError, match="step 1"):
+        Checkpointer(str(tmp_path)).restore(_abstract())
+
+
+def test_missing_checkpoint_names_the_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        Checkpointer(str(tmp_path)).restore(_abstract())
