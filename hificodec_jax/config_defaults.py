@@ -90,6 +90,8 @@ def base_config(
             eval_seconds=4.0,  # ours: held-out clips are cut to this length
         )
     )
+    # Mesh (data, fsdp): fsdp > 1 splits params and optimizer moments over that many devices.
+    config.mesh = ml_collections.ConfigDict(dict(fsdp=1, fsdp_min_size=2**14))
     config.batch_size = 64  # ref: global batch 64 (8 per GPU x 8 GPUs) for 16k-320d
     config.total_steps = 1_000_000  # ours; the reference trains 2000 epochs
     config.log_every = 50

@@ -87,26 +87,37 @@ class AudioFileSource:
 
 
 def find_tfds_data_dir(directory: str) -> str:
-    """The directory holding ``dataset_info.json`` at or below ``directory`` (newest version)."""
-    directory = os.fspath(directory)
-    if os.path.isfile(os.path.join(directory, "dataset_info.json")):
-        return directory
+    """The directory holding ``dataset_info.json`` at or below ``directory`` (newest version).
+
+    Local paths and ``gs://`` URLs alike (etils.epath; GCS needs the ``[gcs]`` extra).
+    """
+    from etils import epath  # noqa: PLC0415
+
+    root = epath.Path(os.fspath(directory))
+    if (root / "dataset_info.json").exists():
+        return os.fspath(root)
     found = []
-    for dirpath, dirnames, filenames in os.walk(directory):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(("incomplete", ".")))
-        if "dataset_info.json" in filenames:
-            found.append(dirpath)
+
+    def walk(d, depth):
+        for child in sorted(d.iterdir()):
+            if depth > 5 or child.name.startswith(("incomplete", ".")) or not child.is_dir():
+                continue
+            if (child / "dataset_info.json").exists():
+                found.append(child)
+            walk(child, depth + 1)
+
+    if root.is_dir():
+        walk(root, 0)
     if not found:
         raise FileNotFoundError(
             f"no prepared TFDS data (dataset_info.json) under {directory}: prepare it with "
             "`python -m hificodec_jax.corpora --kind ... --root ... --out ...`"
         )
-    parents = {os.path.dirname(d) for d in found}
+    parents = {os.fspath(d.parent) for d in found}
     if len(parents) > 1:
         raise ValueError(f"several datasets under {directory}, pass one of: {sorted(parents)}")
-    return max(
-        found, key=lambda d: [int(x) if x.isdigit() else -1 for x in os.path.basename(d).split(".")]
-    )
+    newest = max(found, key=lambda d: [int(x) if x.isdigit() else -1 for x in d.name.split(".")])
+    return os.fspath(newest)
 
 
 class ArrayRecordAudioSource:

@@ -2,6 +2,7 @@
 
 Parses flags, joins a multi-process run when asked, and hands over to
 :func:`hificodec_jax.train.train_and_evaluate`. All logic lives in importable modules.
+Exit status 0: finished; 143: preempted (SIGTERM) after writing a checkpoint, rerun to resume.
 """
 
 import os
@@ -11,6 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from hificodec_jax import train
+from hificodec_jax.preemption import PREEMPTED_EXIT_CODE
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -22,19 +24,24 @@ flags.DEFINE_bool(
     bool(os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("TPU_WORKER_HOSTNAMES")),
     "Call jax.distributed.initialize() (auto-detects Cloud TPU, SLURM, Open MPI).",
 )
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (else auto-detected).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (else auto-detected).")
+flags.DEFINE_integer("process_id", None, "This process's index (else auto-detected).")
 flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if FLAGS.distributed:
-        jax.distributed.initialize()
+    if FLAGS.distributed or FLAGS.coordinator_address:
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     name = os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS["config"])))[0]
     workdir = FLAGS.workdir or os.path.join("runs", name)
     logging.info("process %d/%d, %d devices, workdir %s", jax.process_index(),
                  jax.process_count(), jax.device_count(), workdir)  # fmt: skip
-    train.train_and_evaluate(FLAGS.config, workdir)
+    state = train.train_and_evaluate(FLAGS.config, workdir)
+    if int(state.step) < FLAGS.config.total_steps:
+        raise SystemExit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -221,6 +221,8 @@ def save_model(
     """
     from hificodec_jax import __version__  # noqa: PLC0415
 
+    if "://" in os.fspath(directory):
+        return _save_remote(os.fspath(directory), config, variables, source, overwrite)
     directory = Path(directory).absolute()
     if directory.exists() and not overwrite:
         raise FileExistsError(f"{directory} exists (pass overwrite=True to replace it)")
@@ -245,15 +247,13 @@ def save_model(
         "hificodec_jax_version": __version__,
     }
 
-    import orbax.checkpoint as ocp  # noqa: PLC0415
-
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
     old = None
     try:
         tmp.mkdir()
         (tmp / CONFIG_FILE).write_text(_config_to_json(config))
-        with ocp.StandardCheckpointer() as ckptr:
+        with _this_process_checkpointer() as ckptr:
             ckptr.save(tmp / VARIABLES_DIR, host)
             ckptr.wait_until_finished()
         meta["files"] = _file_sizes(tmp / VARIABLES_DIR)
@@ -270,6 +270,45 @@ def save_model(
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return str(directory)
+
+
+def _save_remote(url: str, config, variables, source: str, overwrite: bool) -> str:
+    """``save_model`` to ``gs://...`` (any etils.epath URL): written and verified locally, then
+    uploaded file by file with ``model.json`` last (a reader never sees an incomplete model
+    as complete). Loading needs a local copy (``gcloud storage cp -r``)."""
+    import tempfile  # noqa: PLC0415
+
+    from etils import epath  # noqa: PLC0415
+
+    dst = epath.Path(url)
+    if dst.exists():
+        if not overwrite:
+            raise FileExistsError(f"{url} exists (pass overwrite=True to replace it)")
+        dst.rmtree()
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(save_model(Path(tmp) / "model", config, variables, source=source))
+        files = sorted(
+            (p for p in local.rglob("*") if p.is_file()), key=lambda p: p == local / META_FILE
+        )
+        for f in files:
+            target = dst / f.relative_to(local).as_posix()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(f.read_bytes())
+    return url
+
+
+def _this_process_checkpointer():
+    """An orbax checkpointer that reads/writes host arrays from this process alone: a model
+    directory is written by one process (process 0 at the end of a multi-process run), so the
+    default all-process barriers would wait forever for the others."""
+    import orbax.checkpoint as ocp  # noqa: PLC0415
+
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            primary_host=me, active_processes={me}
+        )
+    )
 
 
 def _file_sizes(root: Path) -> dict[str, int]:
@@ -341,10 +380,9 @@ def load_variables(directory: str | os.PathLike) -> dict:
                 f"{path}: checkpoint file {name!r} has {f.stat().st_size} bytes, expected "
                 f"{size} (truncated or modified)"
             )
-    import orbax.checkpoint as ocp  # noqa: PLC0415
 
     try:
-        with ocp.StandardCheckpointer() as ckptr:
+        with _this_process_checkpointer() as ckptr:
             restored = ckptr.restore(path.absolute())
         variables = _to_host(restored)
     except Exception as e:  # orbax / tensorstore raise many types for damaged files

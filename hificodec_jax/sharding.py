@@ -1,7 +1,11 @@
-"""Meshes and shardings for data-parallel training (``jax.jit`` + ``NamedSharding``).
+"""Meshes and shardings for training (``jax.jit`` + ``NamedSharding``).
 
-A 1-D ``data`` mesh over every device (all processes): batches are split along their first
-axis, the train state is replicated. Nothing model-specific lives here.
+The mesh has two axes, ``data`` and ``fsdp``, over every device of every process. Batches are
+split along their first axis over both. With ``fsdp == 1`` (the default) this is plain data
+parallelism: the train state is replicated. With ``fsdp > 1`` each parameter (and its optimizer
+moments) is split along its largest dimension divisible by ``fsdp`` (FSDP/ZeRO-3 style; XLA
+inserts the all-gathers), which divides state memory by ``fsdp``; small or indivisible leaves stay
+replicated. Nothing model-specific lives here.
 """
 
 from __future__ import annotations
@@ -11,16 +15,26 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+BATCH_AXES = ("data", "fsdp")
+MIN_SHARDED_SIZE = 2**14  # leaves with fewer elements are replicated even under FSDP
 
-def make_mesh(devices=None) -> Mesh:
-    """``data`` mesh over ``devices`` (default: all devices of all processes)."""
-    devices = jax.devices() if devices is None else devices
-    return jax.make_mesh((len(devices),), ("data",), axis_types=(AxisType.Auto,), devices=devices)
+
+def make_mesh(devices=None, fsdp: int = 1) -> Mesh:
+    """``(data, fsdp)`` mesh over ``devices`` (default: all devices of all processes)."""
+    devices = jax.devices() if devices is None else list(devices)
+    if fsdp < 1 or len(devices) % fsdp:
+        raise ValueError(f"fsdp={fsdp} must divide the number of devices ({len(devices)})")
+    return jax.make_mesh(
+        (len(devices) // fsdp, fsdp),
+        BATCH_AXES,
+        axis_types=(AxisType.Auto, AxisType.Auto),
+        devices=devices,
+    )
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:
-    """Batch axis split over ``data``."""
-    return NamedSharding(mesh, P("data"))
+    """Batch axis split over every device."""
+    return NamedSharding(mesh, P(BATCH_AXES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -28,9 +42,39 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def param_sharding(shape, mesh: Mesh, min_size: int = MIN_SHARDED_SIZE) -> NamedSharding:
+    """FSDP sharding of one leaf: its largest dimension divisible by the ``fsdp`` axis size."""
+    n = mesh.shape["fsdp"]
+    if n == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+        return replicated(mesh)
+    for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+        if shape[dim] % n == 0:
+            spec = [None] * len(shape)
+            spec[dim] = "fsdp"
+            return NamedSharding(mesh, P(*spec))
+    return replicated(mesh)
+
+
+def state_shardings(abstract_state, mesh: Mesh, min_size: int = MIN_SHARDED_SIZE):
+    """Shardings for a train state (or any pytree of arrays / shape structs)."""
+    return jax.tree.map(lambda x: param_sharding(x.shape, mesh, min_size), abstract_state)
+
+
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
-    """Host-local batch (this process's rows) -> global arrays sharded over ``data``."""
+    """Host-local batch (this process's rows) -> global arrays sharded over the batch axes."""
     sharding = data_sharding(mesh)
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
     )
+
+
+def to_host(tree):
+    """Numpy copy of a pytree of (possibly sharded, multi-process) arrays, on every process."""
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(get, tree)

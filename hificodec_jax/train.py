@@ -1,7 +1,8 @@
 """``train_and_evaluate(config, workdir)``: the GAN training loop.
 
-Data-parallel over every device of every process: a 1-D ``data`` mesh, batches sharded along
-it, the train state replicated and created already sharded (``eval_shape`` -> shardings ->
+Sharded over every device of every process: a ``(data, fsdp)`` mesh, batches split over all
+devices, the train state replicated (``config.mesh.fsdp == 1``, the default: data parallel) or
+split FSDP-style (``fsdp > 1``), and created already sharded (``eval_shape`` -> shardings ->
 ``jit(create, out_shardings)``). Checkpoints (state + data iterator) and TensorBoard events
 live in ``workdir``; a restart resumes from the latest checkpoint on the exact next batch.
 """
@@ -16,10 +17,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from hificodec_jax import factory, input_pipeline, losses, optim, sharding
 from hificodec_jax.checkpoint import EVAL_METRIC, Checkpointer
 from hificodec_jax.metric_writer import MetricWriter, Progress
+from hificodec_jax.preemption import PreemptionWatcher
 from hificodec_jax.spectral import mel_spectrogram
 from hificodec_jax.train_step import TrainState, create_train_state, make_train_step
 
@@ -78,19 +81,29 @@ def make_eval_step(codec, config):
     return step
 
 
-def evaluate(eval_step, state: TrainState, eval_batches, writer, step: int, sample_rate: int):
-    """Mel distance (reference mel1024 L1 over valid frames) and codebook usage on held-out data."""
+def evaluate(
+    eval_step, state: TrainState, eval_batches, writer, step: int, sample_rate: int, mesh=None
+):
+    """Mel distance (reference mel1024 L1 over valid frames) and codebook usage on held-out data.
+
+    Every process evaluates every clip; with a ``mesh`` the batches enter as replicated arrays.
+    """
     l1_sum = frames = 0.0
     counts = None
     first = None
+    repl = None if mesh is None else sharding.replicated(mesh)
     for batch in eval_batches:
+        if repl is not None:
+            batch = jax.tree.map(
+                lambda x: jax.make_array_from_process_local_data(repl, np.asarray(x)), batch
+            )
         l1, n, c, wav_hat, m, m_hat = eval_step(
             state.g_params, state.vq, batch["wav"], batch["lengths"]
         )
         l1_sum, frames = l1_sum + float(l1), frames + float(n)
         counts = np.asarray(c) if counts is None else counts + np.asarray(c)
         if first is None:
-            first = (np.asarray(batch["wav"][0]), np.asarray(wav_hat[0]), m[0], m_hat[0])
+            first = tuple(np.asarray(x)[0] for x in (batch["wav"], wav_hat, m, m_hat))
     if counts is None:
         return {}
     p = counts / np.maximum(counts.sum(-1, keepdims=True), 1)
@@ -124,7 +137,7 @@ def build(config: ml_collections.ConfigDict, mesh):
     create = functools.partial(create_train_state, codec, discs, tx_g, tx_d, segment_size=seg)
     abstract = jax.eval_shape(create, jax.random.key(0))
     repl, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
-    state_sharding = jax.tree.map(lambda _: repl, abstract)
+    state_sharding = sharding.state_shardings(abstract, mesh, config.mesh.fsdp_min_size)
     init = jax.jit(create, out_shardings=state_sharding)
     step = jax.jit(
         make_train_step(codec, discs, tx_g, tx_d, (sched_g, sched_d), config),
@@ -136,10 +149,15 @@ def build(config: ml_collections.ConfigDict, mesh):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Train ``config`` for ``config.total_steps`` steps, resuming from ``workdir`` if possible."""
-    os.makedirs(workdir, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
-    mesh = sharding.make_mesh()
+    """Train ``config`` for ``config.total_steps`` steps, resuming from ``workdir`` if possible.
+
+    Returns the final state; its ``step`` is below ``total_steps`` when the run was preempted
+    (SIGTERM): a checkpoint of that step was written and rerunning resumes from it.
+    """
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # a local path or gs://...
+    if not jax.config.jax_compilation_cache_dir:  # restarts don't recompile (env var wins)
+        jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
+    mesh = sharding.make_mesh(fsdp=config.mesh.fsdp)
     n_proc = jax.process_count()
     if config.batch_size % jax.device_count():
         raise ValueError(
@@ -160,46 +178,59 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         save_every=config.checkpoint_every,
     )
     if ckpt.latest_step() is not None:
-        state = ckpt.restore(abstract_with_sharding(abstract, mesh), train_iter)
+        shardings = sharding.state_shardings(abstract, mesh, config.mesh.fsdp_min_size)
+        state = ckpt.restore(with_shardings(abstract, shardings), train_iter)
         logging.info("resumed from step %d", int(state.step))
     else:
         state = init(jax.random.key(config.seed))
     writer = MetricWriter(os.path.join(workdir, "tensorboard"))
-    eval_step = jax.jit(make_eval_step(codec, config))
+    repl = sharding.replicated(mesh)
+    eval_step = jax.jit(make_eval_step(codec, config), out_shardings=repl)
     sr = config.audio.sample_rate
     progress = Progress(
         config.total_steps, config.batch_size * config.data.segment_size / sr, int(state.step)
     )
     step = int(state.step)
-    while step < config.total_steps:
-        batch = sharding.shard_batch(next(train_iter), mesh)
-        state, metrics = step_fn(state, batch)
-        step += 1
-        if step % config.log_every == 0 or step == config.total_steps:
-            metrics = jax.device_get(metrics)
-            metrics.update(progress.report(step, metrics))
-            metrics.update(input_pipeline.bad_file_metrics())
-            writer.scalars(step, metrics)
-        eval_metrics = None
-        if step % config.eval_every == 0 or step == config.total_steps:
-            eval_ds = input_pipeline.make_eval_dataset(
-                eval_src, max_seconds=config.data.eval_seconds, hop=codec.hop
+    with PreemptionWatcher() as preemption:
+        while step < config.total_steps:
+            batch = sharding.shard_batch(next(train_iter), mesh)
+            state, metrics = step_fn(state, batch)
+            step += 1
+            if step % config.log_every == 0 or step == config.total_steps:
+                metrics = jax.device_get(metrics)
+                metrics.update(progress.report(step, metrics))
+                metrics.update(input_pipeline.bad_file_metrics())
+                writer.scalars(step, metrics)
+            eval_metrics = None
+            if step % config.eval_every == 0 or step == config.total_steps:
+                eval_ds = input_pipeline.make_eval_dataset(
+                    eval_src, max_seconds=config.data.eval_seconds, hop=codec.hop
+                )
+                eval_metrics = evaluate(eval_step, state, eval_ds, writer, step, sr, mesh)
+                logging.info("eval at step %d: %s", step, eval_metrics)
+            preempted = preemption.should_stop(step)
+            ckpt.save(
+                step,
+                state,
+                train_iter,
+                metrics=eval_metrics,
+                force=step == config.total_steps or preempted,
             )
-            eval_metrics = evaluate(eval_step, state, eval_ds, writer, step, sr)
-            logging.info("eval at step %d: %s", step, eval_metrics)
-        ckpt.save(
-            step,
-            state,
-            train_iter,
-            metrics=eval_metrics,
-            force=step == config.total_steps,
-        )
+            if preempted:
+                logging.warning(
+                    "preempted: stopped after step %d with a checkpoint; rerun to resume", step
+                )
+                break
     ckpt.close()
     writer.close()
-    if jax.process_index() == 0:  # generator-only export: hificodec_jax.load(workdir/"export")
+    if step < config.total_steps:
+        return state
+    # Generator-only export, loadable with hificodec_jax.load(workdir/"export"). Gathering a
+    # sharded state is collective (every process); process 0 writes.
+    variables = sharding.to_host({"params": state.g_params, "vq": state.vq})
+    if jax.process_index() == 0:
         from hificodec_jax.model_io import save_model  # noqa: PLC0415
 
-        variables = jax.device_get({"params": state.g_params, "vq": state.vq})
         if not variables["vq"]:
             del variables["vq"]
         save_model(
@@ -208,7 +239,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     return state
 
 
-def abstract_with_sharding(abstract, mesh):
-    """Shape/dtype structs carrying the replicated sharding the state is restored into."""
-    repl = sharding.replicated(mesh)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), abstract)
+def with_shardings(abstract, shardings):
+    """Shape/dtype structs carrying the shardings the state is restored into."""
+    return jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract, shardings
+    )

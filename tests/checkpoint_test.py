@@ -4,6 +4,9 @@ states, and clear errors for damaged checkpoints."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -73,3 +76,37 @@ def test_damaged_checkpoint_gives_a_clear_error(tmp_path):
 def test_missing_checkpoint_names_the_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         Checkpointer(str(tmp_path)).restore(_abstract())
+
+
+_KILLED_MID_SAVE = """
+import os, signal, sys
+import jax.numpy as jnp
+from hificodec_jax.checkpoint import Checkpointer
+
+ckpt = Checkpointer(sys.argv[1], save_every=1)
+ckpt.save(1, {"w": jnp.full((__N__,), 1.0)})
+ckpt.wait()
+ckpt.save(2, {"w": jnp.full((__N__,), 2.0)})  # asynchronous: returns while files are written
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_crash_during_save_keeps_previous_checkpoint(tmp_path):
+    n = 48 * 2**20 // 4  # 48 MB: the write is still in flight when the process dies
+    script = _KILLED_MID_SAVE.replace("__N__", str(n))
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, timeout=300
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    leftovers = [p for p in os.listdir(tmp_path) if p.startswith("2") and p != "2"]
+    assert leftovers and not (tmp_path / "2").exists()  # step 2 died half-written
+    ckpt = Checkpointer(str(tmp_path), save_every=1)
+    assert ckpt.latest_step() == 1
+    abstract = {"w": jax.ShapeDtypeStruct((n,), jnp.float32)}
+    np.testing.assert_array_equal(np.asarray(ckpt.restore(abstract)["w"]), 1.0)
+    # ... and the run goes on: step 2 saved again over the debris restores.
+    assert ckpt.save(2, {"w": jnp.full((n,), 3.0)})
+    ckpt.close()
+    restored = Checkpointer(str(tmp_path)).restore(abstract)
+    np.testing.assert_array_equal(np.asarray(restored["w"]), 3.0)

@@ -63,3 +63,29 @@ def fast_init(codec, num_samples: int, seed: int = 0):
         return np.zeros(s.shape, s.dtype)
 
     return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def tiny_train_config(data_dir: str, total_steps: int):
+    """The tiny config trained on ``data_dir`` with the MS-STFT discriminator only (one family
+    keeps the step's compile short in CI), checkpoints every 2 steps, eval every 4."""
+    cfg = config("tiny")
+    cfg.disc.families = ("stft",)
+    cfg.data.dir = data_dir
+    cfg.batch_size = 8
+    cfg.total_steps = total_steps
+    cfg.checkpoint_every = 2
+    cfg.eval_every = 4
+    cfg.log_every = 1
+    return cfg
+
+
+def write_clips(directory, n: int = 6) -> None:
+    """``n`` short synthetic speech clips (16 kHz wav) into ``directory``."""
+    import soundfile as sf
+
+    from hificodec_jax.demo_audio import synthetic_speech
+
+    for i in range(n):
+        sf.write(
+            Path(directory) / f"clip{i}.wav", synthetic_speech(16000, 0.5 + 0.1 * i, seed=i), 16000
+        )

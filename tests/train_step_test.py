@@ -33,9 +33,13 @@ def _batch(n=8, seg=4000, seed=0):
 class Runner:
     """A state and its jitted step on a mesh of ``n`` devices."""
 
-    def __init__(self, n: int):
-        self.mesh = sharding.make_mesh(jax.devices()[:n])
-        _, init, _, self.step_fn = build(tiny_config(), self.mesh)
+    def __init__(self, n: int, fsdp: int = 1):
+        cfg = tiny_config()
+        if fsdp > 1:
+            cfg = cfg.copy_and_resolve_references()
+            cfg.mesh.fsdp, cfg.mesh.fsdp_min_size = fsdp, 0  # shard every divisible leaf
+        self.mesh = sharding.make_mesh(jax.devices()[:n], fsdp=fsdp)
+        _, init, _, self.step_fn = build(cfg, self.mesh)
         self.state = init(jax.random.key(0))
 
     def step(self, batch):
@@ -92,6 +96,35 @@ def test_step_on_eight_devices_equals_one_and_learns():
         "lr/g", "lr/d", "vq/dead_codes", "vq/perplexity_r1g1", "loss/quantizer",
     }  # fmt: skip
     assert expected <= set(m1)
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+def test_fsdp_mesh_equals_data_parallel():
+    batch = _batch(seed=3)
+    dp, fsdp = Runner(8), Runner(8, fsdp=4)
+    sharded = [
+        x for x in jax.tree.leaves(fsdp.state) if not x.sharding.is_fully_replicated
+    ]  # parameters and Adam moments split over the fsdp axis, 1/4 per device
+    assert len(sharded) > len(jax.tree.leaves(fsdp.state)) // 2
+    assert all(x.addressable_shards[0].data.size * 4 == x.size for x in sharded)
+    m_dp, m_fsdp = dp.step(batch), fsdp.step(batch)
+    for k, v in m_dp.items():
+        np.testing.assert_allclose(v, m_fsdp[k], rtol=2e-5, atol=1e-6, err_msg=k)
+    s_dp, s_fsdp = jax.device_get(dp.state), jax.device_get(fsdp.state)
+    _assert_close(s_dp.vq, s_fsdp.vq, rtol=1e-5, atol=1e-6)
+    lr = tiny_config().optim.g.learning_rate
+    _assert_close(s_dp.g_params, s_fsdp.g_params, atol=2 * lr + 1e-6)
+    _assert_close(s_dp.d_params, s_fsdp.d_params, atol=2 * lr + 1e-6)
+    assert int(s_fsdp.step) == 1
+
+
+def test_mel_loss_falls_over_thirty_steps():
+    runner = Runner(1)
+    batches = [_batch(seed=10 * i) for i in range(3)]  # cycled: 30 steps over 24 clips
+    mel = [float(runner.step(batches[i % 3])["loss/mel"]) for i in range(30)]
+    first, last = np.mean(mel[:3]), np.mean(mel[-3:])
+    assert last < 0.85 * first, mel
+    assert np.all(np.isfinite(mel))
 
 
 def test_non_finite_batch_skips_update():

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import config
+from helpers import tiny_train_config, write_clips
 
 import hificodec_jax
 from hificodec_jax import input_pipeline
@@ -21,8 +21,7 @@ from hificodec_jax.train import train_and_evaluate
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("audio")
-    for i in range(6):
-        sf.write(d / f"clip{i}.wav", synthetic_speech(16000, 0.5 + 0.1 * i, seed=i), 16000)
+    write_clips(d)
     sf.write(d / "stereo_22k.wav", np.stack([synthetic_speech(22050, 0.4)] * 2, 1), 22050)
     sf.write(d / "short.wav", synthetic_speech(16000, 0.1, seed=9), 16000)  # zero-padded crop
     (d / "corrupt.wav").write_bytes(b"RIFF\x00\x00garbage" * 10)
@@ -31,22 +30,12 @@ def data_dir(tmp_path_factory):
     return str(d)
 
 
-def _config(data_dir, total_steps):
-    cfg = config("tiny")
-    cfg.disc.families = ("stft",)  # one family keeps compile time short in CI
-    cfg.data.dir = data_dir
-    cfg.batch_size = 8
-    cfg.total_steps = total_steps
-    cfg.checkpoint_every = 2
-    cfg.eval_every = 4
-    cfg.log_every = 1
-    return cfg
-
-
 def test_resume_is_bit_exact_and_writes_events(data_dir, tmp_path):
-    straight = train_and_evaluate(_config(data_dir, 4), str(tmp_path / "a"))
-    train_and_evaluate(_config(data_dir, 2), str(tmp_path / "b"))
-    resumed = train_and_evaluate(_config(data_dir, 4), str(tmp_path / "b"))  # restarts at 2
+    straight = train_and_evaluate(tiny_train_config(data_dir, 4), str(tmp_path / "a"))
+    train_and_evaluate(tiny_train_config(data_dir, 2), str(tmp_path / "b"))
+    resumed = train_and_evaluate(
+        tiny_train_config(data_dir, 4), str(tmp_path / "b")
+    )  # restarts at 2
     assert int(straight.step) == int(resumed.step) == 4
     for a, b in zip(
         jax.tree.leaves(jax.device_get(straight)),

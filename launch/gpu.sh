@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Train on one GPU machine with all its GPUs (one process; the batch is split over the GPUs).
+#
+#   launch/gpu.sh --config configs/grvq4.py --workdir runs/grvq4 [--data DIR] [--install]
+#                 [--dry-run] [-- extra main flags, e.g. --config.batch_size=32]
+#
+# --install sets up a virtual environment (.venv) with this checkout and jax[cuda12] first.
+# The run resumes from the latest checkpoint in --workdir; SIGTERM (e.g. `kill`) writes a
+# checkpoint and exits with status 143; rerun the same command to continue.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=common.sh
+. "$(dirname "$0")/common.sh"
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CONFIG="configs/grvq4.py" WORKDIR="" DATA="" INSTALL=0 EXTRA=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --config) CONFIG=$2; shift 2 ;;
+    --workdir) WORKDIR=$2; shift 2 ;;
+    --data) DATA=$2; shift 2 ;;
+    --install) INSTALL=1; shift ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    --) shift; EXTRA=("$@"); break ;;
+    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown option $1 (see --help)" ;;
+  esac
+done
+[ -n "$WORKDIR" ] || die "--workdir is required"
+
+PY="$ROOT/.venv/bin/python"
+if [ "$INSTALL" = 1 ]; then
+  run python3 -m venv "$ROOT/.venv"
+  run "$PY" -m pip install -q -U pip
+  run "$PY" -m pip install -q -e "$ROOT" "jax[cuda12]==$(pinned_jax_version)"
+fi
+[ -x "$PY" ] || PY=python3
+
+ARGS=(--config="$CONFIG" --workdir="$WORKDIR")
+[ -n "$DATA" ] && ARGS+=(--config.data.dir="$DATA")
+# Let XLA overlap collectives with compute; keep 10 % of GPU memory for cuDNN workspaces.
+export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_latency_hiding_scheduler=true"
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
+cd "$ROOT"
+run "$PY" -m hificodec_jax.main "${ARGS[@]}" "${EXTRA[@]}"

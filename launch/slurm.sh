@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Train on several GPU nodes under SLURM: one process per node, each using all its GPUs.
+#
+#   launch/slurm.sh --nodes 2 --gpus-per-node 8 --config configs/grvq4.py \
+#                   --workdir /shared/runs/grvq4 [--data /shared/data/libritts] \
+#                   [--partition P] [--time 48:00:00] [--account A] [--dry-run]
+#
+# Submits launch/slurm_job.sbatch. The workdir and data must be on a filesystem every node
+# sees (or gs://). Jobs are requeueable: SLURM sends SIGTERM 120 s before a preemption or the
+# time limit, the trainer checkpoints and exits, and the requeued job resumes from there.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=common.sh
+. "$(dirname "$0")/common.sh"
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+NODES=1 GPUS=8 CONFIG="configs/grvq4.py" WORKDIR="" DATA="" SB=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --nodes) NODES=$2; shift 2 ;;
+    --gpus-per-node) GPUS=$2; shift 2 ;;
+    --config) CONFIG=$2; shift 2 ;;
+    --workdir) WORKDIR=$2; shift 2 ;;
+    --data) DATA=$2; shift 2 ;;
+    --partition) SB+=(--partition="$2"); shift 2 ;;
+    --time) SB+=(--time="$2"); shift 2 ;;
+    --account) SB+=(--account="$2"); shift 2 ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown option $1 (see --help)" ;;
+  esac
+done
+[ -n "$WORKDIR" ] || die "--workdir is required (shared by all nodes)"
+
+run sbatch --nodes="$NODES" --ntasks-per-node=1 --gpus-per-node="$GPUS" \
+  --job-name="hificodec-$(basename "$CONFIG" .py)" "${SB[@]}" \
+  --export=ALL,HFC_ROOT="$ROOT",HFC_CONFIG="$CONFIG",HFC_WORKDIR="$WORKDIR",HFC_DATA="$DATA" \
+  "$ROOT/launch/slurm_job.sbatch"

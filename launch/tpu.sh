@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Train on a Cloud TPU VM or pod slice.
+#
+#   launch/tpu.sh up     --name codec --zone us-central2-b --accelerator v4-32 \
+#                        --config configs/grvq4.py --workdir gs://BUCKET/runs/grvq4 \
+#                        --data gs://BUCKET/data/libritts [--spot] [--queued] [--dry-run]
+#   launch/tpu.sh logs   --name codec --zone us-central2-b      # follow worker 0's log
+#   launch/tpu.sh delete --name codec --zone us-central2-b [--queued]
+#
+# Commands: create (VM or queued resource), install (this checkout + jax[tpu] on every worker),
+# train (start main on every worker: --worker=all), up (= create, install, train), logs,
+# status, delete. --dry-run prints the gcloud commands instead of running them.
+# Resuming: run `train` (or `up` after a preemption) with the same --workdir: every start
+# resumes from the latest checkpoint there. Spot VMs get SIGTERM before they go away; the
+# trainer then writes a final checkpoint.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=common.sh
+. "$(dirname "$0")/common.sh"
+
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+
+CMD=${1:-}
+[ -n "$CMD" ] || usage 2
+shift
+NAME="" ZONE="" ACCEL="v4-8" VERSION="" CONFIG="configs/grvq4.py" WORKDIR="" DATA=""
+PROJECT="" SPOT=0 QUEUED=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --name) NAME=$2; shift 2 ;;
+    --zone) ZONE=$2; shift 2 ;;
+    --accelerator) ACCEL=$2; shift 2 ;;
+    --version) VERSION=$2; shift 2 ;;
+    --config) CONFIG=$2; shift 2 ;;
+    --workdir) WORKDIR=$2; shift 2 ;;
+    --data) DATA=$2; shift 2 ;;
+    --project) PROJECT=$2; shift 2 ;;
+    --spot) SPOT=1; shift ;;
+    --queued) QUEUED=1; shift ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    -h|--help) usage 0 ;;
+    *) die "unknown option $1 (see --help)" ;;
+  esac
+done
+[ -n "$NAME" ] || die "--name is required"
+[ -n "$ZONE" ] || die "--zone is required"
+
+# TPU software version for the accelerator generation (override with --version).
+if [ -z "$VERSION" ]; then
+  case "$ACCEL" in
+    v4-*) VERSION=tpu-ubuntu2204-base ;;
+    v5litepod-*|v5e-*) VERSION=v2-alpha-tpuv5-lite ;;
+    v5p-*) VERSION=v2-alpha-tpuv5 ;;
+    v6e-*) VERSION=v2-alpha-tpuv6e ;;
+    *) die "no default --version for $ACCEL; pass one" ;;
+  esac
+fi
+
+GC=(gcloud compute tpus)
+COMMON=(--zone="$ZONE")
+[ -n "$PROJECT" ] && COMMON+=(--project="$PROJECT")
+SSH=("${GC[@]}" tpu-vm ssh "$NAME" "${COMMON[@]}" --worker=all)
+
+create() {
+  local extra=()
+  [ "$SPOT" = 1 ] && extra+=(--spot)
+  if [ "$QUEUED" = 1 ]; then
+    run "${GC[@]}" queued-resources create "$NAME" --node-id="$NAME" "${COMMON[@]}" \
+      --accelerator-type="$ACCEL" --runtime-version="$VERSION" "${extra[@]}"
+    if [ "$DRY_RUN" = 1 ]; then
+      echo "# (waits until the queued resource is ACTIVE)"
+    else
+      until [ "$("${GC[@]}" queued-resources describe "$NAME" "${COMMON[@]}" \
+        --format='value(state.state)')" = ACTIVE ]; do sleep 30; done
+    fi
+  else
+    run "${GC[@]}" tpu-vm create "$NAME" "${COMMON[@]}" --accelerator-type="$ACCEL" \
+      --version="$VERSION" "${extra[@]}"
+  fi
+}
+
+install() {
+  local root tarball jax_version
+  root=$(cd "$(dirname "$0")/.." && pwd)
+  tarball=${TMPDIR:-/tmp}/hificodec_jax-$$.tar.gz
+  jax_version=$(pinned_jax_version)
+  # The committed state of this checkout (commit first), copied to every worker.
+  run git -C "$root" archive --format=tar.gz -o "$tarball" HEAD
+  run "${GC[@]}" tpu-vm scp "$tarball" "$NAME:hificodec_jax.tar.gz" "${COMMON[@]}" --worker=all
+  run "${SSH[@]}" --command="set -e && rm -rf ~/hificodec_jax && mkdir -p ~/hificodec_jax \
+&& tar xzf ~/hificodec_jax.tar.gz -C ~/hificodec_jax && python3 -m venv ~/venv \
+&& ~/venv/bin/pip install -q -U pip \
+&& ~/venv/bin/pip install -q -e \"\$HOME/hificodec_jax[gcs]\" 'jax[tpu]==$jax_version'"
+  [ "$DRY_RUN" = 1 ] || rm -f "$tarball"
+}
+
+train() {
+  [ -n "$WORKDIR" ] || die "--workdir is required (a gs:// path shared by all workers)"
+  local data_flag=""
+  [ -n "$DATA" ] && data_flag="--config.data.tfds_dir=$DATA"
+  # Every worker runs the same command; jax.distributed.initialize() finds the others itself.
+  run "${SSH[@]}" --command="cd ~/hificodec_jax && nohup ~/venv/bin/python -m hificodec_jax.main \
+--config=$CONFIG --workdir=$WORKDIR $data_flag --distributed > ~/train.log 2>&1 &"
+}
+
+case "$CMD" in
+  create) create ;;
+  install) install ;;
+  train) train ;;
+  up) create; install; train ;;
+  logs) run "${GC[@]}" tpu-vm ssh "$NAME" "${COMMON[@]}" --worker=0 --command="tail -n 200 -F ~/train.log" ;;
+  status)
+    if [ "$QUEUED" = 1 ]; then run "${GC[@]}" queued-resources describe "$NAME" "${COMMON[@]}"
+    else run "${GC[@]}" tpu-vm describe "$NAME" "${COMMON[@]}"; fi ;;
+  delete)
+    if [ "$QUEUED" = 1 ]; then run "${GC[@]}" queued-resources delete "$NAME" "${COMMON[@]}" --force --quiet
+    else run "${GC[@]}" tpu-vm delete "$NAME" "${COMMON[@]}" --quiet; fi ;;
+  *) die "unknown command $CMD (see --help)" ;;
+esac

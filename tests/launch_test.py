@@ -1,0 +1,88 @@
+"""launch/: every script is shellcheck-clean, and --dry-run prints the expected commands."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+from helpers import REPO
+
+LAUNCH = REPO / "launch"
+SCRIPTS = sorted(str(p) for p in LAUNCH.iterdir() if p.suffix in (".sh", ".sbatch"))
+
+
+def _dry(script: str, *args: str) -> list[str]:
+    args = list(args)
+    at = args.index("--") if "--" in args else len(args)  # before pass-through flags
+    out = subprocess.run(
+        ["bash", str(LAUNCH / script), *args[:at], "--dry-run", *args[at:]],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return [line for line in out.splitlines() if not line.startswith("#")]
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+def test_scripts_are_shellcheck_clean():
+    assert len(SCRIPTS) >= 5
+    proc = subprocess.run(
+        ["shellcheck", "-x", *SCRIPTS, str(REPO / ".ci" / "run")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_tpu_up_dry_run():
+    lines = _dry(
+        "tpu.sh", "up", "--name", "codec", "--zone", "us-central2-b", "--accelerator", "v4-32",
+        "--workdir", "gs://bucket/runs/a", "--data", "gs://bucket/data", "--spot", "--queued",
+    )  # fmt: skip
+    create, archive, scp, install, train = lines
+    assert create.startswith("gcloud compute tpus queued-resources create codec --node-id=codec")
+    assert "--accelerator-type=v4-32" in create and "--spot" in create
+    assert "--runtime-version=tpu-ubuntu2204-base" in create
+    assert archive.startswith("git -C ") and " archive " in archive
+    assert scp.startswith("gcloud compute tpus tpu-vm scp") and "--worker=all" in scp
+    assert "--worker=all" in install and "jax\\[tpu\\]==" in install
+    assert train.startswith(
+        "gcloud compute tpus tpu-vm ssh codec --zone=us-central2-b --worker=all"
+    )
+    for piece in ("hificodec_jax.main", "--workdir=gs://bucket/runs/a", "--distributed",
+                  "--config.data.tfds_dir=gs://bucket/data"):  # fmt: skip
+        assert piece in train.replace("\\", ""), piece
+
+
+def test_tpu_plain_vm_and_teardown_dry_run():
+    (create,) = _dry("tpu.sh", "create", "--name", "n", "--zone", "z", "--accelerator", "v5p-8")
+    assert create.startswith("gcloud compute tpus tpu-vm create n --zone=z")
+    assert "--version=v2-alpha-tpuv5" in create and "--spot" not in create
+    assert _dry("tpu.sh", "delete", "--name", "n", "--zone", "z") == [
+        "gcloud compute tpus tpu-vm delete n --zone=z --quiet "
+    ]
+    (logs,) = _dry("tpu.sh", "logs", "--name", "n", "--zone", "z")
+    assert "--worker=0" in logs and "train.log" in logs
+
+
+def test_tpu_rejects_missing_arguments():
+    proc = subprocess.run(
+        ["bash", str(LAUNCH / "tpu.sh"), "train", "--name", "n", "--zone", "z", "--dry-run"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "--workdir is required" in proc.stderr
+
+
+def test_gpu_and_slurm_dry_run():
+    (cmd,) = _dry("gpu.sh", "--workdir", "runs/x", "--", "--config.batch_size=16")
+    assert "-m hificodec_jax.main --config=configs/grvq4.py --workdir=runs/x" in cmd
+    assert cmd.rstrip().endswith("--config.batch_size=16")
+    (sbatch,) = _dry("slurm.sh", "--nodes", "4", "--workdir", "/shared/r", "--partition", "gpu")
+    assert sbatch.startswith("sbatch --nodes=4 --ntasks-per-node=1 --gpus-per-node=8")
+    assert "--partition=gpu" in sbatch and sbatch.rstrip().endswith("launch/slurm_job.sbatch")
+    job = (LAUNCH / "slurm_job.sbatch").read_text()
+    assert "--requeue" in job and "--signal=TERM@120" in job and "--distributed" in job
