@@ -149,6 +149,7 @@ def optim_config() -> ml_collections.ConfigDict:
         learning_rate=2e-4,  # ref
         b1=0.5,  # ref adam_b1
         b2=0.9,  # ref adam_b2
+        eps=1e-8,  # ref (torch Adam default)
         lr_decay=0.98,  # ref lr_decay (per epoch in the reference)
         decay_steps=1000,  # ours: the reference decays per epoch; here per decay_steps steps
         warmup_steps=0,  # ref: none

@@ -31,5 +31,5 @@ def make_optimizer(
     chain = []
     if cfg.grad_clip_norm > 0:
         chain.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
-    chain.append(optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=1e-8))
+    chain.append(optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.get("eps", 1e-8)))
     return optax.chain(*chain), schedule

@@ -20,3 +20,10 @@ atexit.register(shutil.rmtree, _CACHE, True)
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the multi-process test last: its single-process reference then reuses the programs
+    the training tests put into the session's compilation cache."""
+    del config
+    items.sort(key=lambda item: item.path.name == "multiprocess_test.py")

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from helpers import tiny_train_config  # noqa: E402
+from helpers import smooth_adam, tiny_train_config  # noqa: E402
 
 from hificodec_jax import sharding  # noqa: E402
 from hificodec_jax.train import train_and_evaluate  # noqa: E402
@@ -22,7 +22,7 @@ from hificodec_jax.train import train_and_evaluate  # noqa: E402
 def main():
     pid, nproc, port, data_dir, workdir, steps, fsdp = sys.argv[1:]
     jax.distributed.initialize(f"127.0.0.1:{port}", int(nproc), int(pid))
-    cfg = tiny_train_config(data_dir, int(steps))
+    cfg = smooth_adam(tiny_train_config(data_dir, int(steps)))
     cfg.mesh.fsdp = int(fsdp)
     cfg.mesh.fsdp_min_size = 0
     state = train_and_evaluate(cfg, workdir)

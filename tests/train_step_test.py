@@ -33,14 +33,18 @@ def _batch(n=8, seg=4000, seed=0):
 class Runner:
     """A state and its jitted step on a mesh of ``n`` devices."""
 
-    def __init__(self, n: int, fsdp: int = 1):
+    def __init__(self, n: int, fsdp: int = 1, like: Runner | None = None):
         cfg = tiny_config()
         if fsdp > 1:
             cfg = cfg.copy_and_resolve_references()
             cfg.mesh.fsdp, cfg.mesh.fsdp_min_size = fsdp, 0  # shard every divisible leaf
         self.mesh = sharding.make_mesh(jax.devices()[:n], fsdp=fsdp)
-        _, init, _, self.step_fn = build(cfg, self.mesh)
-        self.state = init(jax.random.key(0))
+        _, init, abstract, self.step_fn = build(cfg, self.mesh)
+        if like is None:
+            self.state = init(jax.random.key(0))
+        else:  # the same initial state, laid out on this mesh (skips compiling `init` again)
+            shardings = sharding.state_shardings(abstract, self.mesh, cfg.mesh.fsdp_min_size)
+            self.state = jax.device_put(jax.device_get(like.state), shardings)
 
     def step(self, batch):
         self.state, metrics = self.step_fn(self.state, sharding.shard_batch(batch, self.mesh))
@@ -63,7 +67,8 @@ def _assert_close(a_tree, b_tree, *, rtol=0.0, atol=0.0, scaled_atol=0.0):
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 def test_step_on_eight_devices_equals_one_and_learns():
     batch = _batch()
-    one, eight = Runner(1), Runner(8)
+    one = Runner(1)
+    eight = Runner(8, like=one)
     m1, m8 = one.step(batch), eight.step(batch)
     # One step: everything computed from the batch agrees to float rounding: losses, gradient
     # norms, Adam moments, and the EMA codebook statistics (global-batch sums, not a shard's).
@@ -101,7 +106,8 @@ def test_step_on_eight_devices_equals_one_and_learns():
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 def test_fsdp_mesh_equals_data_parallel():
     batch = _batch(seed=3)
-    dp, fsdp = Runner(8), Runner(8, fsdp=4)
+    dp = Runner(8)
+    fsdp = Runner(8, fsdp=4, like=dp)
     sharded = [
         x for x in jax.tree.leaves(fsdp.state) if not x.sharding.is_fully_replicated
     ]  # parameters and Adam moments split over the fsdp axis, 1/4 per device
