@@ -2,14 +2,17 @@
 
 Subcommands:
     convert CKPT.pth --config configs/grvq4.py --out MODEL_DIR
-    encode  IN [IN ...] --model MODEL_DIR --out OUT.hfc|DIR [--levels L]
+    encode  IN [IN ...] --model MODEL_DIR --out OUT.hfc|DIR [--levels L] [--exact]
     decode  IN.hfc [IN.hfc ...] --model MODEL_DIR --out OUT.wav|DIR
-    roundtrip IN [IN ...] --model MODEL_DIR --out OUT.wav|DIR [--levels L]
+    roundtrip IN [IN ...] --model MODEL_DIR --out OUT.wav|DIR [--levels L] [--exact]
     evaluate --model MODEL_DIR --data DIR_OR_FILES [--out PREFIX] [--levels L]
 
 Audio is read with soundfile (wav/flac/ogg; mp3 where libsndfile supports it), mixed to mono
 and resampled to the model's rate, with a note on stderr when that happens. Long files are
-processed in fixed-size chunks, so memory stays flat however long the file is.
+processed in fixed-size chunks, so memory stays flat however long the file is. ``--exact``
+encodes with whole-file GroupNorm statistics (``chunked_encode(global_norm=True)``: codes equal
+whole-file encoding, at several passes over the file); by default each ~13 s window uses its
+own statistics (one pass; codes differ from whole-file encoding only at near-ties).
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ def _load(model_dir: str):
     return codec, variables, config, model_io.model_id(model_dir)
 
 
-def _encode_file(codec, variables, config, mid, path, levels, progress):
+def _encode_file(codec, variables, config, mid, path, levels, progress, exact=False):
     from hificodec_jax.bitstream import HfcHeader  # noqa: PLC0415
     from hificodec_jax.inference import chunked_encode  # noqa: PLC0415
 
@@ -94,7 +97,13 @@ def _encode_file(codec, variables, config, mid, path, levels, progress):
     if len(wav) < codec.hop:
         raise SystemExit(f"hificodec-jax: {path!r} is shorter than one frame ({codec.hop} samples)")
     codes = chunked_encode(
-        codec, variables, wav, num_levels=levels, progress=progress, sample_rate=sr
+        codec,
+        variables,
+        wav,
+        num_levels=levels,
+        progress=progress,
+        sample_rate=sr,
+        global_norm=exact,
     )
     q = config.model.quantizer
     header = HfcHeader(
@@ -125,7 +134,9 @@ def cmd_encode(args) -> None:
     codec, variables, config, mid = _load(args.model)
     inputs = _expand(args.inputs)
     for src, dst in zip(inputs, _outputs(inputs, args.out, ".hfc"), strict=True):
-        codes, header = _encode_file(codec, variables, config, mid, src, args.levels, args.progress)
+        codes, header = _encode_file(
+            codec, variables, config, mid, src, args.levels, args.progress, args.exact
+        )
         size = write_hfc(dst, codes, header)
         _note(
             f"{src} -> {dst}: {header.num_frames} frames, {size} bytes, {header.bitrate:.0f} bit/s"
@@ -156,7 +167,9 @@ def cmd_roundtrip(args) -> None:
     codec, variables, config, mid = _load(args.model)
     inputs = _expand(args.inputs)
     for src, dst in zip(inputs, _outputs(inputs, args.out, ".wav"), strict=True):
-        codes, header = _encode_file(codec, variables, config, mid, src, args.levels, args.progress)
+        codes, header = _encode_file(
+            codec, variables, config, mid, src, args.levels, args.progress, args.exact
+        )
         wav = _decode_codes(codec, variables, config, codes, args.progress)
         sf.write(dst, wav, header.sample_rate, subtype="FLOAT")
         _note(f"{src} -> {dst} ({header.bitrate:.0f} bit/s)")
@@ -212,6 +225,11 @@ def make_parser() -> argparse.ArgumentParser:
         s.add_argument("--out", required=True, help="output file, or directory for many")
         if name != "decode":
             s.add_argument("--levels", type=int, default=None, help="residual levels to use")
+            s.add_argument(
+                "--exact",
+                action="store_true",
+                help="whole-file GroupNorm statistics: codes equal whole-file encoding (slower)",
+            )
         s.add_argument("--no-progress", dest="progress", action="store_false")
         s.set_defaults(fn=fn)
     e = sub.add_parser("evaluate", help="PESQ/STOI/ViSQOL/mel/SI-SDR + codebook usage")
