@@ -128,15 +128,22 @@ def _decode_codes(codec, variables, config, codes, progress):
     )
 
 
-def cmd_encode(args) -> None:
-    from hificodec_jax.bitstream import write_hfc  # noqa: PLC0415
-
+def _encoded_inputs(args, ext: str):
+    """``(src, dst, codes, header, model)`` for each input of ``encode`` / ``roundtrip``, where
+    ``model = (codec, variables, config)``."""
     codec, variables, config, mid = _load(args.model)
     inputs = _expand(args.inputs)
-    for src, dst in zip(inputs, _outputs(inputs, args.out, ".hfc"), strict=True):
+    for src, dst in zip(inputs, _outputs(inputs, args.out, ext), strict=True):
         codes, header = _encode_file(
             codec, variables, config, mid, src, args.levels, args.progress, args.exact
         )
+        yield src, dst, codes, header, (codec, variables, config)
+
+
+def cmd_encode(args) -> None:
+    from hificodec_jax.bitstream import write_hfc  # noqa: PLC0415
+
+    for src, dst, codes, header, _ in _encoded_inputs(args, ".hfc"):
         size = write_hfc(dst, codes, header)
         _note(
             f"{src} -> {dst}: {header.num_frames} frames, {size} bytes, {header.bitrate:.0f} bit/s"
@@ -164,12 +171,7 @@ def cmd_decode(args) -> None:
 def cmd_roundtrip(args) -> None:
     import soundfile as sf  # noqa: PLC0415
 
-    codec, variables, config, mid = _load(args.model)
-    inputs = _expand(args.inputs)
-    for src, dst in zip(inputs, _outputs(inputs, args.out, ".wav"), strict=True):
-        codes, header = _encode_file(
-            codec, variables, config, mid, src, args.levels, args.progress, args.exact
-        )
+    for src, dst, codes, header, (codec, variables, config) in _encoded_inputs(args, ".wav"):
         wav = _decode_codes(codec, variables, config, codes, args.progress)
         sf.write(dst, wav, header.sample_rate, subtype="FLOAT")
         _note(f"{src} -> {dst} ({header.bitrate:.0f} bit/s)")
