@@ -60,12 +60,20 @@ def state_shardings(abstract_state, mesh: Mesh, min_size: int = MIN_SHARDED_SIZE
     return jax.tree.map(lambda x: param_sharding(x.shape, mesh, min_size), abstract_state)
 
 
-def shard_batch(batch: dict, mesh: Mesh) -> dict:
-    """Host-local batch (this process's rows) -> global arrays sharded over the batch axes."""
-    sharding = data_sharding(mesh)
+def _global_arrays(batch: dict, sharding: NamedSharding) -> dict:
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
     )
+
+
+def shard_batch(batch: dict, mesh: Mesh) -> dict:
+    """Host-local batch (this process's rows) -> global arrays sharded over the batch axes."""
+    return _global_arrays(batch, data_sharding(mesh))
+
+
+def replicate_batch(batch: dict, mesh: Mesh) -> dict:
+    """A batch every process holds in full -> global arrays replicated on every device."""
+    return _global_arrays(batch, replicated(mesh))
 
 
 def to_host(tree):

@@ -81,22 +81,16 @@ def make_eval_step(codec, config):
     return step
 
 
-def evaluate(
-    eval_step, state: TrainState, eval_batches, writer, step: int, sample_rate: int, mesh=None
-):
+def evaluate(eval_step, state: TrainState, eval_batches, writer, step: int, sample_rate: int, mesh):
     """Mel distance (reference mel1024 L1 over valid frames) and codebook usage on held-out data.
 
-    Every process evaluates every clip; with a ``mesh`` the batches enter as replicated arrays.
+    Every process evaluates every clip; the batches enter as arrays replicated over ``mesh``.
     """
     l1_sum = frames = 0.0
     counts = None
     first = None
-    repl = None if mesh is None else sharding.replicated(mesh)
     for batch in eval_batches:
-        if repl is not None:
-            batch = jax.tree.map(
-                lambda x: jax.make_array_from_process_local_data(repl, np.asarray(x)), batch
-            )
+        batch = sharding.replicate_batch(batch, mesh)
         l1, n, c, wav_hat, m, m_hat = eval_step(
             state.g_params, state.vq, batch["wav"], batch["lengths"]
         )
@@ -128,16 +122,19 @@ def evaluate(
 
 
 def build(config: ml_collections.ConfigDict, mesh):
-    """Models, optimizers, the sharded state initialiser and the jitted step."""
+    """``(codec, init, abstract, step)``: the sharded state initialiser, the state's shape/dtype
+    structs carrying its shardings on ``mesh`` (what a checkpoint restores into), the jitted step.
+    """
     codec = factory.build_codec(config)
     discs = factory.build_discriminators(config)
     tx_g, sched_g = optim.make_optimizer(config.optim.g)
     tx_d, sched_d = optim.make_optimizer(config.optim.d)
     seg = config.data.segment_size
     create = functools.partial(create_train_state, codec, discs, tx_g, tx_d, segment_size=seg)
-    abstract = jax.eval_shape(create, jax.random.key(0))
     repl, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
-    state_sharding = sharding.state_shardings(abstract, mesh, config.mesh.fsdp_min_size)
+    shapes = jax.eval_shape(create, jax.random.key(0))
+    state_sharding = sharding.state_shardings(shapes, mesh, config.mesh.fsdp_min_size)
+    abstract = with_shardings(shapes, state_sharding)  # what a checkpoint restores into
     init = jax.jit(create, out_shardings=state_sharding)
     step = jax.jit(
         make_train_step(codec, discs, tx_g, tx_d, (sched_g, sched_d), config),
@@ -178,8 +175,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         save_every=config.checkpoint_every,
     )
     if ckpt.latest_step() is not None:
-        shardings = sharding.state_shardings(abstract, mesh, config.mesh.fsdp_min_size)
-        state = ckpt.restore(with_shardings(abstract, shardings), train_iter)
+        state = ckpt.restore(abstract, train_iter)
         logging.info("resumed from step %d", int(state.step))
     else:
         state = init(jax.random.key(config.seed))

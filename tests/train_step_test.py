@@ -43,7 +43,7 @@ class Runner:
         if like is None:
             self.state = init(jax.random.key(0))
         else:  # the same initial state, laid out on this mesh (skips compiling `init` again)
-            shardings = sharding.state_shardings(abstract, self.mesh, cfg.mesh.fsdp_min_size)
+            shardings = jax.tree.map(lambda s: s.sharding, abstract)
             self.state = jax.device_put(jax.device_get(like.state), shardings)
 
     def step(self, batch):
