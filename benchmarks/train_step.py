@@ -1,11 +1,22 @@
 """Train-step benchmark: configs/grvq4.py, batch 4 x 16000 samples, MPD + MSD + MS-STFT.
 
-Prints progress lines, then one JSON object as the last line: step_s_median, compile_s,
-audio_s_per_s, peak_rss_mib, probe_gflops (2048^2 fp32 matmul in the same run), and the split
-g_forward_s (generator forward alone), d_step_s (discriminator forward + backward on real and
-fake, all families), g_step_s (the rest: D on the fake again, backward through D and the
-generator, both optimizers), plus gflop/probe_fraction from XLA's cost analysis.
-The PyTorch reference needs 41.5 s per such step with a 7.4 GiB peak on this machine class.
+The process does what ``hificodec_jax.train`` does before its loop (compile the step ahead of
+time from the abstract state, create the state, return freed compiler memory to the OS), then
+times ``--repeats`` steps after one warm-up step. ``peak_rss_mib`` is the process's peak
+resident memory at that point: compile, init and the steps, nothing else (the split below is
+measured afterwards). Prints progress lines, then one JSON object as the last line:
+
+* ``step_s_median``, ``compile_s``, ``init_s``, ``audio_s_per_s``, ``peak_rss_mib``,
+  ``xla_temp_mib`` / ``state_mib`` (XLA's buffer assignment of the step: temporaries and the
+  train state), ``probe_gflops`` (2048^2 fp32 matmul in the same run, just before timing),
+  ``gflop`` / ``probe_fraction`` (XLA's FLOP count of the step over the probe's rate);
+* the split: ``g_forward_s`` (generator forward), ``d_step_s`` (the step's own D-phase code:
+  forward and parameter gradients of every sub-discriminator on real + fake, no optimizer),
+  ``g_step_s`` (the rest: D on real + fake again with input gradients only, mel losses,
+  backward through the generator, both optimizer updates).
+
+The PyTorch reference needs 41.5 s per such step with a 7.4 GiB peak on this machine class
+(spec, reference.md section 11); compare with a torch run adjacent to this one.
 
 Run: python benchmarks/train_step.py [--repeats 3] [--batch 4] [--families mpd,msd,stft]
 """
@@ -24,15 +35,24 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from inference import cost_gflop, matmul_probe, rss_mib  # noqa: E402
+from inference import cost_gflop, matmul_probe  # noqa: E402
 
 import hificodec_jax  # noqa: E402
-import hificodec_jax.factory  # noqa: E402
-from hificodec_jax import sharding  # noqa: E402
+from hificodec_jax import factory, host_memory, losses, sharding, train  # noqa: E402
 from hificodec_jax.demo_audio import synthetic_speech  # noqa: E402
-from hificodec_jax.train import build  # noqa: E402
+from hificodec_jax.models.discriminators import sub_discriminators  # noqa: E402
+from hificodec_jax.train_step import discriminator_gradients  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
 
 
 def main(argv=None) -> dict:
@@ -47,73 +67,70 @@ def main(argv=None) -> dict:
     config = hificodec_jax.load_config(args.config)
     config.disc.families = tuple(args.families.split(","))
     config.data.segment_size = args.segment
+    config.batch_size = args.batch
     sr = config.audio.sample_rate
     mesh = sharding.make_mesh(jax.devices()[:1])
-    codec, init, abstract, step = build(config, mesh)
+    codec, init, abstract, step = train.build(config, mesh)
+
+    t = time.perf_counter()
+    compiled = train.compile_step(step, abstract, config, mesh)
+    compile_s = time.perf_counter() - t
+    gflop = cost_gflop(compiled)
+    mem = compiled.memory_analysis()
+    print(f"compile {compile_s:.1f} s, {gflop:.0f} GFLOP", file=sys.stderr)
+    t = time.perf_counter()
+    state = jax.block_until_ready(init(jax.random.key(0)))
+    init_s = time.perf_counter() - t
+    host_memory.release_freed_memory()
+    print(f"init {init_s:.1f} s", file=sys.stderr)
+
     wav = np.stack([synthetic_speech(sr, args.segment / sr, seed=i) for i in range(args.batch)])
     batch = {"wav": wav, "lengths": np.full((args.batch,), args.segment, np.int32)}
     batch = sharding.shard_batch(batch, mesh)
-    t = time.perf_counter()
-    state = init(jax.random.key(0))
-    jax.block_until_ready(state)
-    init_s = time.perf_counter() - t
-    t = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
-    compile_s = time.perf_counter() - t
-    gflop = cost_gflop(compiled)
-    print(f"init {init_s:.1f} s, compile {compile_s:.1f} s, {gflop:.0f} GFLOP", file=sys.stderr)
-
-    g_fwd = jax.jit(lambda p, v, w: codec.apply({"params": p, "vq": v}, w).wav_hat)
-    wav_hat = g_fwd(state.g_params, state.vq, batch["wav"]).block_until_ready()
-    # The D phase alone: forward + backward of all families on real and fake (what the step's
-    # D update costs, minus the optimizer); the G phase is the rest of the step.
-    discs = hificodec_jax.factory.build_discriminators(config)
-
-    def d_phase(d_params, spectral, x):
-        def objective(p):
-            out, _ = discs.apply(
-                {"params": p, "spectral": spectral}, x, update_stats=True, mutable=["spectral"]
-            )
-            return sum(jnp.mean(jnp.square(y)) for y in jax.tree.leaves(out))
-
-        return jax.value_and_grad(objective)(d_params)
-
-    d_phase = jax.jit(d_phase)
-    d_in = jnp.concatenate([batch["wav"][:, : wav_hat.shape[1]], wav_hat])
-    jax.block_until_ready(d_phase(state.d_params, state.spectral, d_in))
     state, _ = compiled(state, batch)  # warm-up
     probe = matmul_probe()
-    times, fwd_times, d_times = [], [], []
+    times = []
     for i in range(args.repeats):
-        t = time.perf_counter()
-        g_fwd(state.g_params, state.vq, batch["wav"]).block_until_ready()
-        fwd_times.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        jax.block_until_ready(d_phase(state.d_params, state.spectral, d_in))
-        d_times.append(time.perf_counter() - t)
         t = time.perf_counter()
         state, metrics = compiled(state, batch)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t)
-        print(f"step {i}: {times[-1]:.2f} s (g forward {fwd_times[-1]:.2f} s)", file=sys.stderr)
+        print(f"step {i}: {times[-1]:.2f} s", file=sys.stderr)
     med = statistics.median(times)
+    peak_rss = host_memory.peak_rss_mib()
+
+    # The split, after the peak was read: the generator forward, and the step's D-phase code.
+    g_fwd = jax.jit(lambda p, v, w: codec.apply({"params": p, "vq": v}, w).wav_hat)
+    wav_hat = jax.block_until_ready(g_fwd(state.g_params, state.vq, batch["wav"]))
+    units = sub_discriminators(factory.build_discriminators(config))
+    d_phase = jax.jit(
+        lambda p, s, x: discriminator_gradients(units, p, s, x, losses.lsgan_discriminator_loss)
+    )
+    d_in = jnp.concatenate([batch["wav"][:, : wav_hat.shape[1]], wav_hat])
+    jax.block_until_ready(d_phase(state.d_params, state.spectral, d_in))
+    fwd_s = _median_time(lambda: g_fwd(state.g_params, state.vq, batch["wav"]), args.repeats)
+    d_s = _median_time(lambda: d_phase(state.d_params, state.spectral, d_in), args.repeats)
     result = {
         "config": os.path.relpath(args.config, REPO),
         "batch": args.batch,
         "segment": args.segment,
         "families": args.families,
         "step_s_median": round(med, 3),
-        "g_forward_s": round(statistics.median(fwd_times), 3),
-        "d_step_s": round(statistics.median(d_times), 3),
-        "g_step_s": round(med - statistics.median(fwd_times) - statistics.median(d_times), 3),
+        "step_s_all": [round(x, 3) for x in times],
+        "g_forward_s": round(fwd_s, 3),
+        "d_step_s": round(d_s, 3),
+        "g_step_s": round(med - fwd_s - d_s, 3),
         "compile_s": round(compile_s, 1),
         "init_s": round(init_s, 1),
         "audio_s_per_s": round(args.batch * args.segment / sr / med, 3),
-        "peak_rss_mib": round(rss_mib(), 1),
+        "peak_rss_mib": round(peak_rss, 1),
+        "xla_temp_mib": round(mem.temp_size_in_bytes / 2**20, 1),
+        "state_mib": round(mem.argument_size_in_bytes / 2**20, 1),
         "probe_gflops": round(probe, 1),
         "gflop": round(gflop, 1),
         "probe_fraction": round(gflop / med / probe, 3),
         "reference_step_s": 41.5,
+        "reference_peak_rss_mib": 7588,  # 7.41 GiB
     }
     print(json.dumps(result))
     return result

@@ -24,6 +24,8 @@ from hificodec_jax.spectral import mel_spectrogram
 
 __all__ = [
     "feature_matching_loss",
+    "feature_matching_terms",
+    "finish_feature_matching",
     "hinge_discriminator_loss",
     "hinge_generator_loss",
     "lsgan_discriminator_loss",
@@ -125,6 +127,29 @@ def feature_matching_loss(
     only reaches D's gradients, which are zeroed before the D step); set
     ``stop_gradient_real=True`` to detach them (the denominator included).
     """
+    total, count = feature_matching_terms(
+        real_fmaps,
+        fake_fmaps,
+        normalized=normalized,
+        stop_gradient_real=stop_gradient_real,
+        eps=eps,
+    )
+    return finish_feature_matching(total, count, normalized=normalized)
+
+
+def feature_matching_terms(
+    real_fmaps: Sequence[Sequence[jax.Array]],
+    fake_fmaps: Sequence[Sequence[jax.Array]],
+    *,
+    normalized: bool = False,
+    stop_gradient_real: bool = False,
+    eps: float = 1e-8,
+) -> tuple[jax.Array, int]:
+    """``(sum of the per-layer terms, number of layers)`` of :func:`feature_matching_loss`.
+
+    Sums over several calls (one sub-discriminator at a time) add up; pass the totals to
+    :func:`finish_feature_matching` to get the loss of all of them together.
+    """
     _check_pairs(real_fmaps, fake_fmaps, "feature_matching_loss")
     total = jnp.zeros((), jnp.float32)
     count = 0
@@ -138,6 +163,11 @@ def feature_matching_loss(
                 term = term / jnp.maximum(jnp.mean(_abs(fr)), eps)
             total = total + term
             count += 1
+    return total, count
+
+
+def finish_feature_matching(total: jax.Array, count: int, *, normalized: bool) -> jax.Array:
+    """The loss from :func:`feature_matching_terms`' sums: ``total / count`` or ``2 * total``."""
     if normalized:
         return total / max(count, 1)
     return 2.0 * total

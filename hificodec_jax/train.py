@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from hificodec_jax import factory, input_pipeline, losses, optim, sharding
+from hificodec_jax import factory, host_memory, input_pipeline, losses, optim, sharding
 from hificodec_jax.checkpoint import EVAL_METRIC, Checkpointer
 from hificodec_jax.metric_writer import MetricWriter, Progress
 from hificodec_jax.preemption import PreemptionWatcher
@@ -174,11 +174,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         keep=config.keep_checkpoints,
         save_every=config.checkpoint_every,
     )
+    # Compile the step before the state exists, then hand the compiler's freed memory back to
+    # the OS (host_memory): the process's peak RSS is then that of training, not of the
+    # compiler plus training (5.95 vs 8.09 GiB for configs/grvq4.py at batch 4 x 1 s on CPU).
+    step_fn = compile_step(step_fn, abstract, config, mesh)
     if ckpt.latest_step() is not None:
         state = ckpt.restore(abstract, train_iter)
         logging.info("resumed from step %d", int(state.step))
     else:
         state = init(jax.random.key(config.seed))
+    host_memory.release_freed_memory()
     writer = MetricWriter(os.path.join(workdir, "tensorboard"))
     repl = sharding.replicated(mesh)
     eval_step = jax.jit(make_eval_step(codec, config), out_shardings=repl)
@@ -233,6 +238,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             os.path.join(workdir, "export"), config, variables, source="train", overwrite=True
         )
     return state
+
+
+def batch_spec(config: ml_collections.ConfigDict, mesh) -> dict:
+    """Shape/dtype/sharding of one global training batch (what ``shard_batch`` produces)."""
+    data = sharding.data_sharding(mesh)
+    b, seg = config.batch_size, config.data.segment_size
+    return {
+        "wav": jax.ShapeDtypeStruct((b, seg), jnp.float32, sharding=data),
+        "lengths": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=data),
+    }
+
+
+def compile_step(step_fn, abstract, config: ml_collections.ConfigDict, mesh):
+    """The train step compiled ahead of time for ``abstract`` state and the config's batches.
+
+    Compiling needs no state in memory; the compiler's freed memory is returned to the OS
+    right after (``host_memory.release_freed_memory``).
+    """
+    compiled = step_fn.lower(abstract, batch_spec(config, mesh)).compile()
+    host_memory.release_freed_memory()
+    return compiled
 
 
 def with_shardings(abstract, shardings):

@@ -22,9 +22,11 @@ from hificodec_jax.models.discriminators import (
     MultiScaleDiscriminator,
     MultiScaleSTFTDiscriminator,
     PeriodDiscriminator,
+    assemble,
     avg_pool_1d,
     grouped_conv1d,
     spectral_normalize,
+    sub_discriminators,
 )
 from hificodec_jax.models.layers import weight_norm_kernel
 from hificodec_jax.models.stft_discriminator import stft_features
@@ -291,3 +293,47 @@ def test_jit_grad_finite_all_families():
     # One power iteration moved every vector (conv_post's u [1] is a unit scalar: stays +-1).
     changed = jax.tree.map(lambda a, b: a.size == 1 or (a != b).any(), new_spec, old_spec)
     assert all(jax.tree.leaves(changed))
+
+
+def test_sub_discriminators_one_at_a_time_equal_the_whole():
+    """Each sub-discriminator applied alone on its variable subtrees gives the whole model's
+    entry (logits, fmaps, and the spectral-norm update); the subtrees reassemble the trees."""
+    d = Discriminators(
+        periods=(2, 3),
+        stft_n_ffts=(256, 128),
+        mpd_channels=(4, 8),
+        msd_layers=((8, 15, 1, 1), (8, 41, 4, 4)),
+        stft_filters=4,
+    )
+    wav = _noise((2, 700), seed=8)
+    variables = _fake_variables(d, wav)
+    whole, whole_spec = d.apply(variables, wav, update_stats=True, mutable=["spectral"])
+    units = sub_discriminators(d)
+    assert [(u.family, u.index) for u in units] == [
+        ("mpd", 0), ("mpd", 1), ("msd", 0), ("msd", 1), ("msd", 2), ("stft", 0), ("stft", 1),
+    ]  # fmt: skip
+    new_spec = []
+    for unit in units:
+        (logits, fmaps), spec = unit.apply(
+            unit.subtree(variables["params"]),
+            unit.subtree(variables["spectral"]),
+            wav,
+            update_stats=True,
+        )
+        ref_logits, ref_fmaps = whole[unit.family][unit.index]
+        np.testing.assert_array_equal(logits, ref_logits)
+        assert len(fmaps) == len(ref_fmaps) == unit.num_fmaps
+        for a, b in zip(fmaps, ref_fmaps, strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert bool(spec) == (unit.family == "msd" and unit.index == 0)
+        new_spec.append(spec)
+    rebuilt = assemble(units, [u.subtree(variables["params"]) for u in units])
+    assert jax.tree.structure(rebuilt) == jax.tree.structure(variables["params"])
+    for a, b in zip(jax.tree.leaves(rebuilt), jax.tree.leaves(variables["params"]), strict=True):
+        assert a is b
+    spec_tree = assemble(units, new_spec)
+    assert jax.tree.structure(spec_tree) == jax.tree.structure(whole_spec["spectral"])
+    for a, b in zip(
+        jax.tree.leaves(spec_tree), jax.tree.leaves(whole_spec["spectral"]), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)

@@ -6,13 +6,16 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import config
 
-from hificodec_jax import sharding
+from hificodec_jax import config_defaults, losses, sharding
 from hificodec_jax.demo_audio import synthetic_speech
+from hificodec_jax.models.discriminators import Discriminators, sub_discriminators
 from hificodec_jax.train import build
+from hificodec_jax.train_step import adversarial_wave_gradient, discriminator_gradients
 
 
 @functools.cache
@@ -146,3 +149,80 @@ def test_non_finite_batch_skips_update():
     for a, b in zip(jax.tree.leaves(before.vq), jax.tree.leaves(after.vq), strict=True):
         np.testing.assert_array_equal(a, b)
     assert int(after.step) == 1  # the step still counts; the update does not happen
+
+
+@pytest.mark.parametrize("recipe", ["academicodec", "paper"])
+def test_one_sub_discriminator_at_a_time_equals_the_whole_objective(recipe):
+    """The step's D phase (losses, parameter gradients, spectral update) and G-phase
+    dL/dwav_hat, computed one sub-discriminator at a time, equal the gradients of the whole
+    objective written over ``Discriminators.__call__`` (all families in one expression)."""
+    lc = config_defaults.loss_config(recipe)
+    hinge = lc.adversarial == "hinge"
+    d_loss_fn = losses.hinge_discriminator_loss if hinge else losses.lsgan_discriminator_loss
+    g_adv_fn = losses.hinge_generator_loss if hinge else losses.lsgan_generator_loss
+    normalized = lc.feature_matching == "normalized"
+    discs = Discriminators(
+        periods=(2, 3),
+        stft_n_ffts=(256, 128),
+        mpd_channels=(4, 8),
+        msd_layers=((8, 15, 1, 1), (8, 41, 4, 4)),
+        stft_filters=4,
+    )
+    rng = np.random.default_rng(1)
+    target = jnp.asarray(rng.uniform(-0.5, 0.5, (2, 800)), jnp.float32)
+    wav_hat = jnp.asarray(rng.uniform(-0.5, 0.5, (2, 800)), jnp.float32)
+    variables = discs.init(jax.random.key(0), target)
+    params, spectral = variables["params"], variables["spectral"]
+    d_in = jnp.concatenate([target, wav_hat])
+    units = sub_discriminators(discs)
+
+    def whole_d(p):
+        out, upd = discs.apply(
+            {"params": p, "spectral": spectral}, d_in, update_stats=True, mutable=["spectral"]
+        )
+        parts = {
+            f"loss/d_{f}": d_loss_fn([lg[:2] for lg, _ in subs], [lg[2:] for lg, _ in subs])
+            for f, subs in out.items()
+        }
+        return sum(parts.values()), (parts, upd["spectral"])
+
+    (_, (ref_parts, ref_spec)), ref_grads = jax.jit(jax.value_and_grad(whole_d, has_aux=True))(
+        params
+    )
+    parts, grads, new_spec = jax.jit(
+        lambda p, s, x: discriminator_gradients(units, p, s, x, d_loss_fn)
+    )(params, spectral, d_in)
+    assert set(parts) == set(ref_parts) == {"loss/d_mpd", "loss/d_msd", "loss/d_stft"}
+    for k, v in ref_parts.items():
+        np.testing.assert_allclose(parts[k], v, rtol=1e-5, err_msg=k)
+    _assert_close(ref_grads, grads, rtol=1e-4, scaled_atol=1e-5)
+    _assert_close(ref_spec, new_spec, rtol=1e-5, atol=1e-7)
+
+    spectral = new_spec  # after the D phase's power iteration, as in the step
+
+    def whole_g(wh):
+        out = discs.apply({"params": params, "spectral": spectral}, jnp.concatenate([target, wh]))
+        total, parts = 0.0, {}
+        for f, subs in out.items():
+            parts[f"loss/adv_{f}"] = g_adv_fn([lg[2:] for lg, _ in subs])
+            parts[f"loss/fm_{f}"] = losses.feature_matching_loss(
+                [[m[:2] for m in fm] for _, fm in subs],
+                [[m[2:] for m in fm] for _, fm in subs],
+                normalized=normalized,
+            )
+            total += lc.adversarial_weight * parts[f"loss/adv_{f}"]
+            total += lc.feature_weight * parts[f"loss/fm_{f}"]
+        return total, parts
+
+    (ref_total, ref_parts), ref_dwav = jax.jit(jax.value_and_grad(whole_g, has_aux=True))(wav_hat)
+    parts, dwav = jax.jit(
+        lambda p, s, t, wh: adversarial_wave_gradient(units, p, s, t, wh, g_adv_fn, lc)
+    )(params, spectral, target, wav_hat)
+    np.testing.assert_allclose(parts.pop("loss/adversarial_total"), ref_total, rtol=1e-5)
+    assert set(parts) == set(ref_parts)
+    for k, v in ref_parts.items():
+        np.testing.assert_allclose(parts[k], v, rtol=1e-5, err_msg=k)
+    np.testing.assert_allclose(
+        dwav, ref_dwav, rtol=1e-4, atol=1e-4 * float(jnp.abs(ref_dwav).max())
+    )
+    assert float(jnp.abs(dwav).max()) > 0

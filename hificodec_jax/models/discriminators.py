@@ -4,7 +4,7 @@ Reference: AcademiCodec ``hificodec/models.py`` (``DiscriminatorP``, ``MultiPeri
 ``DiscriminatorS``, ``MultiScaleDiscriminator``) and ``encodec/msstftd.py`` (spec section 5).
 Every sub-discriminator maps ``wav [B, T]`` to ``(logits, fmaps)``; layout is channels-last.
 
-Two exact rewrites for speed on XLA CPU (spec performance.md, "full GAN training step"):
+Three exact rewrites for speed on XLA CPU (spec performance.md, "full GAN training step"):
 
 * MPD folds the period into the batch: ``[B, T] -> [B*p, T/p, 1]`` and runs 1-D convs. The
   reference's ``(k, 1)`` 2-D kernels never mix the ``p`` columns, so this is the same function.
@@ -12,6 +12,9 @@ Two exact rewrites for speed on XLA CPU (spec performance.md, "full GAN training
   (``split_groups=True``); XLA CPU's ``feature_group_count`` conv is ~10x slower. The kernel is
   stored whole, ``[K, C_in/G, C_out]`` like ``feature_group_count`` expects, so both paths (and
   checkpoint conversion) share one layout.
+* MSD's strided convs (and MS-STFT's frequency-strided ones) run as stride-1 convs over a
+  space-to-depth input (:mod:`hificodec_jax.models.strided_conv`): XLA CPU computes the input
+  gradient of a strided conv from a zero-dilated output gradient, 3-7x slower than the forward.
 
 Spectral norm (MSD's first scale) is a power-iteration parametrisation like the old-style
 ``torch.nn.utils.spectral_norm``: the trainable ``params`` hold ``kernel`` (torch ``weight_orig``)
@@ -31,6 +34,7 @@ Parity was checked once against torch 2.13's ``weight_norm``/``spectral_norm``/`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -50,9 +54,14 @@ from hificodec_jax.models.stft_discriminator import (
     MultiScaleSTFTDiscriminator,
     STFTDiscriminator,
 )
+from hificodec_jax.models.strided_conv import space_to_depth_conv
 
 __all__ = [
     "FAMILIES",
+    "FAMILY_MODULES",
+    "SubDiscriminator",
+    "assemble",
+    "sub_discriminators",
     "MPD_CHANNELS",
     "MSD_LAYERS",
     "Discriminators",
@@ -69,7 +78,7 @@ __all__ = [
 ]
 
 FAMILIES = ("mpd", "msd", "stft")
-_DN = ("NWC", "WIO", "NWC")
+FAMILY_MODULES = {"mpd": "mpd", "msd": "msd", "stft": "mstftd"}  # submodule (= checkpoint) names
 _HI = jax.lax.Precision.HIGHEST
 
 
@@ -91,18 +100,12 @@ def grouped_conv1d(
 
     Same result as ``lax.conv_general_dilated(..., feature_group_count=groups)``; with
     ``split_groups`` it is computed as ``groups`` dense convs on channel slices, concatenated.
+    A strided conv runs as a stride-1 conv over a space-to-depth input (exact; its backward
+    pass is 2-3x faster on XLA CPU, see :mod:`hificodec_jax.models.strided_conv`).
     """
-    conv = lambda a, w, g: jax.lax.conv_general_dilated(  # noqa: E731
-        a, w, (stride,), (tuple(padding),), dimension_numbers=_DN, feature_group_count=g
+    return space_to_depth_conv(
+        x, kernel, (stride,), (tuple(padding),), groups=groups, split_groups=split_groups
     )
-    if groups == 1 or not split_groups:
-        return conv(x, kernel, groups)
-    ci, co = x.shape[-1] // groups, kernel.shape[-1] // groups
-    outs = [
-        conv(x[..., g * ci : (g + 1) * ci], kernel[..., g * co : (g + 1) * co], 1)
-        for g in range(groups)
-    ]
-    return jnp.concatenate(outs, axis=-1)
 
 
 def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -227,6 +230,10 @@ class PeriodDiscriminator(nn.Module):
     stride: int = 3
     channels: Sequence[int] = MPD_CHANNELS  # the last one runs at stride 1
 
+    @property
+    def num_fmaps(self) -> int:
+        return len(self.channels) + 1
+
     def setup(self):
         k, pad = self.kernel_size, get_padding(self.kernel_size)
         n = len(self.channels)
@@ -300,6 +307,10 @@ class ScaleDiscriminator(nn.Module):
     use_spectral_norm: bool = False
     split_groups: bool = True
     layers: Sequence[tuple[int, int, int, int]] = MSD_LAYERS  # (C_out, kernel, stride, groups)
+
+    @property
+    def num_fmaps(self) -> int:
+        return len(self.layers) + 1
 
     def setup(self):
         norm = "spectral" if self.use_spectral_norm else "weight"
@@ -401,3 +412,89 @@ class Discriminators(nn.Module):
             else:
                 out[family] = self.mstftd(wav)
         return out
+
+
+# --------------------------------------------------------------------------------------------
+# Sub-discriminators one at a time
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SubDiscriminator:
+    """One sub-discriminator of :class:`Discriminators` as a standalone module.
+
+    Its variables are the subtree ``variables[collection][family module][name]`` of the whole
+    model's (``path``), so a train step can run (and differentiate) one sub-discriminator at a
+    time: the activations of only one are alive at once, and the sub-discriminators' parameter
+    gradients are disjoint subtrees of the whole gradient.
+    """
+
+    family: str  # "mpd" | "msd" | "stft"
+    index: int  # position within the family
+    module: nn.Module  # unbound PeriodDiscriminator / ScaleDiscriminator / STFTDiscriminator
+    pools: int = 0  # MSD: AvgPool1d(4, 2, 2) applied this many times to the input first
+    spectral: bool = False  # MSD's spectral-normed first scale (has "spectral" variables)
+
+    @property
+    def num_fmaps(self) -> int:
+        """Feature maps it returns (static; the normalised feature matching averages them)."""
+        return self.module.num_fmaps
+
+    @property
+    def path(self) -> tuple[str, str]:
+        return FAMILY_MODULES[self.family], f"discriminators_{self.index}"
+
+    def subtree(self, tree):
+        """This sub-discriminator's part of a ``params``/``spectral`` tree (``{}`` if absent)."""
+        family, name = self.path
+        return tree.get(family, {}).get(name, {})
+
+    def apply(self, params, spectral, wav: jax.Array, *, update_stats: bool = False):
+        """``wav [B, T] -> ((logits, fmaps), new spectral subtree)`` with this one's variables.
+
+        Equals the corresponding entry of ``Discriminators.__call__`` (``params``/``spectral``
+        are this sub-discriminator's subtrees).
+        """
+        for _ in range(self.pools):
+            wav = avg_pool_1d(wav)
+        if not self.spectral:
+            return self.module.apply({"params": params}, wav), {}
+        out, upd = self.module.apply(
+            {"params": params, "spectral": spectral},
+            wav,
+            update_stats=update_stats,
+            mutable=["spectral"],
+        )
+        return out, upd["spectral"]
+
+
+def sub_discriminators(discs: Discriminators) -> list[SubDiscriminator]:
+    """The sub-discriminators of ``discs`` in its output order (families, then index)."""
+    units = []
+    for family in discs.families:
+        if family == "mpd":
+            for i, p in enumerate(discs.periods):
+                units.append(
+                    SubDiscriminator(family, i, PeriodDiscriminator(p, channels=discs.mpd_channels))
+                )
+        elif family == "msd":
+            for i in range(MultiScaleDiscriminator.num_scales):
+                module = ScaleDiscriminator(i == 0, discs.split_groups, discs.msd_layers)
+                units.append(SubDiscriminator(family, i, module, pools=i, spectral=i == 0))
+        elif family == "stft":
+            for i, n in enumerate(discs.stft_n_ffts):
+                module = STFTDiscriminator(n_fft=n, hop_length=n // 4, filters=discs.stft_filters)
+                units.append(SubDiscriminator(family, i, module))
+        else:
+            raise ValueError(f"unknown discriminator family {family!r}; use {FAMILIES}")
+    return units
+
+
+def assemble(units: list[SubDiscriminator], parts: list) -> dict:
+    """Per-sub-discriminator subtrees (``parts[i]`` for ``units[i]``) -> one nested tree."""
+    tree: dict = {}
+    for unit, part in zip(units, parts, strict=True):
+        family, name = unit.path
+        if part:
+            tree.setdefault(family, {})[name] = part
+    return tree

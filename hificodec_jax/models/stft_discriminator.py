@@ -22,12 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from hificodec_jax.models.layers import _torch_uniform, _WeightNormed
+from hificodec_jax.models.strided_conv import space_to_depth_conv
 from hificodec_jax.spectral import hann_window, stft
 
 STFT_LRELU_SLOPE = 0.2  # Encodec's LeakyReLU(0.2), unlike HiFi-GAN's 0.1.
 STFT_N_FFTS = (1024, 2048, 512, 256, 128)  # reference order; hop = n_fft // 4, win = n_fft
-
-_DN2 = ("NHWC", "HWIO", "NHWC")
 
 
 def stft_features(wav: jax.Array, n_fft: int, hop: int) -> jax.Array:
@@ -71,13 +70,14 @@ class Conv2d(_WeightNormed):
                 ((k - 1) * d // 2,) * 2
                 for k, d in zip(self.kernel_size, self.dilation, strict=True)
             )
-        y = jax.lax.conv_general_dilated(
+        # Strided along frequency: a stride-1 conv over a space-to-depth input (exact, and its
+        # backward pass is ~2.5x faster on XLA CPU; see models/strided_conv.py).
+        y = space_to_depth_conv(
             x,
             kernel.astype(x.dtype),
-            window_strides=tuple(self.stride),
-            padding=tuple(tuple(p) for p in pad),
+            tuple(self.stride),
+            tuple(tuple(p) for p in pad),
             rhs_dilation=tuple(self.dilation),
-            dimension_numbers=_DN2,
         )
         return y + bias.astype(x.dtype)
 
@@ -97,6 +97,10 @@ class STFTDiscriminator(nn.Module):
     kernel_size: tuple[int, int] = (3, 9)  # (time, freq)
     dilations: Sequence[int] = (1, 2, 4)  # time dilation of convs_1..3
     stride: tuple[int, int] = (1, 2)  # (time, freq) stride of convs_1..3
+
+    @property
+    def num_fmaps(self) -> int:
+        return len(self.dilations) + 2
 
     def setup(self):
         k_t, _ = self.kernel_size

@@ -1,0 +1,151 @@
+"""Strided convolutions computed as stride-1 convolutions over a space-to-depth input (exact).
+
+Why: on XLA CPU the *input gradient* of a strided convolution is a convolution of the
+zero-dilated output gradient (``lhs_dilation``), which runs 3-7x slower than the forward pass.
+It dominates the backward passes of the discriminators (MSD's stride-2/4 grouped convs, the
+MS-STFT's frequency-stride-2 convs). Folding each stride into channels turns the layer into a
+stride-1 convolution, whose gradients are stride-1 convolutions too; measured on the 2-core CI
+machine class, forward + backward of MSD's first strided layer went from 1.15 s to 0.57 s and
+the widest MS-STFT layer from 0.68 s to 0.26 s (batch 8 x 1 s), forwards unchanged.
+
+The rewrite along one strided axis (stride ``s``, kernel ``K``, padding ``(lo, hi)``, input
+length ``L``; output length ``L_out = (L + lo + hi - K) // s + 1``): with ``J = ceil(K / s)`` and
+``xp`` = the input padded by ``lo`` on the left and cut or zero-extended to ``s * (L_out + J - 1)``
+samples,
+
+    y[t] = sum_k xp[s*t + k] @ w[k] = sum_j X[t + j] @ W[j],
+    X[t] = concat_r xp[s*t + r],  W[j] = concat_r w[j*s + r]  (r < s; w zero beyond K),
+
+a valid stride-1 convolution with ``J`` taps over ``s`` times the channels. Grouped convs keep
+their group structure: the phases are placed inside each group's channel block.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["conv_general", "space_to_depth_conv"]
+
+
+def _dimension_numbers(rank: int) -> tuple[str, str, str]:
+    if rank == 1:
+        return ("NWC", "WIO", "NWC")
+    if rank == 2:
+        return ("NHWC", "HWIO", "NHWC")
+    raise ValueError(f"only 1-D and 2-D convolutions are supported, got {rank} spatial axes")
+
+
+def conv_general(
+    x: jax.Array,
+    kernel: jax.Array,
+    strides: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    rhs_dilation: Sequence[int] | None = None,
+    groups: int = 1,
+    split_groups: bool = True,
+) -> jax.Array:
+    """Channels-last conv ``x [B, *S, C_in]``, ``kernel [*K, C_in/G, C_out]`` (no bias).
+
+    Same function as ``lax.conv_general_dilated(..., feature_group_count=groups)``. With
+    ``split_groups`` (and ``groups > 1``) it runs as one dense conv per group on channel
+    slices, concatenated: XLA CPU's ``feature_group_count`` convolution is ~10x slower.
+    """
+    rank = x.ndim - 2
+    dn = _dimension_numbers(rank)
+    dil = tuple(rhs_dilation) if rhs_dilation is not None else (1,) * rank
+
+    def conv(a, w, g):
+        return jax.lax.conv_general_dilated(
+            a,
+            w,
+            tuple(strides),
+            tuple(tuple(p) for p in padding),
+            rhs_dilation=dil,
+            dimension_numbers=dn,
+            feature_group_count=g,
+        )
+
+    if groups == 1 or not split_groups:
+        return conv(x, kernel, groups)
+    ci, co = x.shape[-1] // groups, kernel.shape[-1] // groups
+    outs = [
+        conv(x[..., g * ci : (g + 1) * ci], kernel[..., g * co : (g + 1) * co], 1)
+        for g in range(groups)
+    ]
+    return jnp.concatenate(outs, axis=-1)
+
+
+def space_to_depth_conv(
+    x: jax.Array,
+    kernel: jax.Array,
+    strides: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    rhs_dilation: Sequence[int] | None = None,
+    groups: int = 1,
+    split_groups: bool = True,
+) -> jax.Array:
+    """:func:`conv_general` with every stride folded into channels (see the module docstring).
+
+    Same output (to float rounding) for any strides; a strided axis must have dilation 1.
+    Axes with stride 1 keep their padding and dilation.
+    """
+    rank = x.ndim - 2
+    strides = tuple(strides)
+    dil = tuple(rhs_dilation) if rhs_dilation is not None else (1,) * rank
+    if len(strides) != rank or len(padding) != rank or len(dil) != rank:
+        raise ValueError(f"strides/padding/dilation must have {rank} entries")
+    strided = [a for a in range(rank) if strides[a] > 1]
+    if not strided:
+        return conv_general(x, kernel, strides, padding, dil, groups, split_groups)
+    if any(dil[a] != 1 for a in strided):
+        raise ValueError("a strided axis must have dilation 1")
+    c_in, g = x.shape[-1], groups
+    ci = c_in // g
+    new_padding = list(tuple(p) for p in padding)
+    x_pad, k_pad = [(0, 0)] * x.ndim, [(0, 0)] * kernel.ndim
+    x_len, taps = {}, {}
+    for a in strided:
+        s, k, (lo, hi) = strides[a], kernel.shape[a], padding[a]
+        length = x.shape[1 + a]
+        out_len = (length + lo + hi - k) // s + 1
+        if out_len < 1:
+            raise ValueError(f"input too short along axis {a}: {length} < kernel {k}")
+        taps[a] = -(-k // s)
+        x_len[a] = s * (out_len + taps[a] - 1)
+        x_pad[1 + a] = (lo, max(x_len[a] - length - lo, 0))
+        k_pad[a] = (0, taps[a] * s - k)
+        new_padding[a] = (0, 0)
+    x = jnp.pad(x, x_pad)
+    x = x[(slice(None),) + tuple(slice(0, x_len.get(a)) for a in range(rank))]
+    kernel = jnp.pad(kernel, k_pad)
+    # x [B, ..., n_a * s_a, ..., G*ci] -> [B, ..., n_a, ..., G, s_a..., ci] -> channels merged.
+    shape, phase_axes = [x.shape[0]], []
+    for a in range(rank):
+        if a in strided:
+            shape += [x_len[a] // strides[a], strides[a]]
+            phase_axes.append(len(shape) - 1)
+        else:
+            shape.append(x.shape[1 + a])
+    x = x.reshape(*shape, g, ci)
+    spatial = [i for i in range(1, len(shape)) if i not in phase_axes]
+    group_axis = len(shape)
+    x = x.transpose(0, *spatial, group_axis, *phase_axes, group_axis + 1)
+    s_total = math.prod(strides[a] for a in strided)
+    x = x.reshape(*x.shape[: 1 + rank], g * s_total * ci)
+    # kernel [..., J_a * s_a, ..., ci, O] -> [..., J_a, ..., s_a..., ci, O] -> merged.
+    kshape, kphase = [], []
+    for a in range(rank):
+        if a in strided:
+            kshape += [taps[a], strides[a]]
+            kphase.append(len(kshape) - 1)
+        else:
+            kshape.append(kernel.shape[a])
+    kernel = kernel.reshape(*kshape, ci, kernel.shape[-1])
+    kspatial = [i for i in range(len(kshape)) if i not in kphase]
+    kernel = kernel.transpose(*kspatial, *kphase, len(kshape), len(kshape) + 1)
+    kernel = kernel.reshape(*kernel.shape[:rank], s_total * ci, kernel.shape[-1])
+    return conv_general(x, kernel, (1,) * rank, new_padding, dil, groups, split_groups)
