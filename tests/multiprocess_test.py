@@ -1,14 +1,17 @@
 """Two JAX processes on this machine (2 simulated CPU devices each, gloo collectives) train the
 tiny config with an FSDP-sharded state for two steps. Checked: both processes hold the same
-state, the discriminator side equals one process stepping the same global batches, the
-checkpoint they wrote collectively restores in one process, process 0's export loads.
+state; the whole state (discriminator, generator, EMA codebooks, optimizer moments) equals one
+process stepping the same global batches; the checkpoint they wrote collectively restores in
+one process; process 0's export loads.
 
-Known gap (``test_generator_and_codebooks_equal_single_process``, a strict xfail): the k-means
-codebook initialisation on the first batch is decided by near-ties between latent frames, so
-float rounding flips assignments (cluster sizes differ by ~25 %). This is not specific to
-several processes: one process on the same 4-device mesh gives the same difference when the
-host merely simulates 4 instead of 8 CPU devices (XLA's per-device thread pools round
-differently). The generator and codebook state are therefore compared only up to that.
+Tolerances: parameters, codebooks and the discriminator's moments agree to 1e-5 of each leaf's
+scale. The generator's Adam moments get 1e-3: XLA CPU splits the long reductions of the
+generator's weight-gradient convolutions differently depending on how many devices the process
+hosts, so even one process on the same 4-device mesh moves them by up to 3.7e-5 of their scale
+after one step when the host simulates 8 instead of 4 CPU devices (measured; deterministic for
+a given device count), and the gradients of the weight-norm gains cancel heavily (2.1e-4 seen
+after two steps here). A wrong batch layout, a missing or doubled reduction gives errors of
+order 1.
 """
 
 from __future__ import annotations
@@ -46,17 +49,19 @@ def _flat(state) -> dict:
     return {jax.tree_util.keystr(p): np.asarray(x) for p, x in leaves}
 
 
-def _mismatches(got: dict, want: dict, initial: dict, step: int, prefixes=("",)) -> list[str]:
-    """Leaves (under ``prefixes``) of ``got`` further from ``want`` than float rounding."""
+def _mismatches(
+    got: dict, want: dict, initial: dict, step: int, prefixes=("",), rtol: float = 1e-5
+) -> list[str]:
+    """Leaves (under ``prefixes``) of ``got`` further from ``want`` than ``rtol`` of their
+    scale (float rounding: collectives across processes may sum in another order)."""
     bad = {}
     for k, v in want.items():
         if not k.startswith(prefixes):
             continue
-        # Collectives across processes (gloo) may sum in another order: rounding only.
         scale = float(np.max(np.abs(v), initial=0.0)) if v.dtype.kind == "f" else 0.0
         err = float(np.max(np.abs(got[k].astype(np.float64) - v), initial=0.0))
         moved = float(np.max(np.abs(v.astype(np.float64) - initial[k]), initial=0.0))
-        if err > 1e-5 * scale + 1e-7:
+        if err > rtol * scale + 1e-7:
             line = f"{k}: max err {err:.3g}, scale {scale:.3g}, change {moved:.3g}"
             bad.setdefault(k.split("[")[0], []).append(line)
     return [f"step {step} {g}: {len(v)} leaves, e.g. {v[:2]}" for g, v in bad.items()]
@@ -154,11 +159,18 @@ def test_two_processes_train_and_checkpoint(run):
         np.testing.assert_array_equal(np.asarray(x), s0[k], err_msg=k)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="k-means init near-ties flip under rounding (also within one process)"
-)
 def test_generator_and_codebooks_equal_single_process(run):
+    """The generator side (params, Adam moments) and the EMA codebooks (k-means initialised on
+    the first global batch, then EMA-updated) equal the single process at both steps."""
     s0, history = run["states"][0], run["history"]
-    report = _mismatches(run["restore"](1), history[1], history[0], 1)
-    report += _mismatches(s0, history[STEPS], history[0], STEPS)
+    step1 = run["restore"](1)
+    report = []
+    for step, got in ((1, step1), (STEPS, s0)):
+        report += _mismatches(got, history[step], history[0], step, (".vq", ".g_params"))
+        report += _mismatches(got, history[step], history[0], step, (".g_opt_state",), rtol=1e-3)
     assert not report, "\n".join(report)
+    # The codebooks were initialised (k-means) and moved by the EMA in both runs.
+    init_flag = [k for k in s0 if k.startswith(".vq") and k.endswith("['initialized']")]
+    assert init_flag and all(bool(s0[k]) for k in init_flag)
+    books = [k for k in s0 if k.startswith(".vq") and k.endswith("['codebooks']")]
+    assert books and all(np.any(s0[k] != history[0][k]) for k in books)
