@@ -67,37 +67,11 @@ def _mismatches(
     return [f"step {step} {g}: {len(v)} leaves, e.g. {v[:2]}" for g, v in bad.items()]
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """The 2-process training run, and one process stepping the same global batches."""
-    tmp = tmp_path_factory.mktemp("multiprocess")
-    data_dir, workdir = tmp / "audio", tmp / "run"
-    data_dir.mkdir()
-    write_clips(data_dir)
-    env = dict(
-        os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
-        JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=str(jax.config.jax_compilation_cache_dir or ""),
-    )
-    args = [str(_free_port()), str(data_dir), str(workdir), str(STEPS), str(FSDP)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, WORKER, str(i), "2", *args],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for i in range(2)
-    ]
-    outputs = [p.communicate(timeout=900)[0].decode(errors="replace") for p in procs]
-    for p, out in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, out[-6000:]
-    states = [dict(np.load(workdir / f"state_{i}.npz")) for i in range(2)]
-
-    # One process with the same (data 2, fsdp 2) mesh on 4 devices, stepping the same global
-    # batches: process 0's rows then process 1's, as make_array_from_process_local_data lays
-    # them out (the input pipelines are built exactly as each process builds its own).
+def _single_process_reference(data_dir, workdir):
+    """One process with the same (data 2, fsdp 2) mesh on 4 devices stepping the same global
+    batches: process 0's rows then process 1's, as make_array_from_process_local_data lays
+    them out (the input pipelines are built exactly as each process builds its own).
+    Returns the flat state before each step and after the last, the mesh, the abstract state."""
     cfg = smooth_adam(tiny_train_config(str(data_dir), STEPS))
     cfg.mesh.fsdp, cfg.mesh.fsdp_min_size = FSDP, 0
     mesh = sharding.make_mesh(jax.devices()[:4], fsdp=FSDP)
@@ -123,6 +97,42 @@ def run(tmp_path_factory):
         batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         state, _ = step_fn(state, sharding.shard_batch(batch, mesh))
         history.append(_flat(state))
+    return history, mesh, abstract
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """The 2-process training run, and one process stepping the same global batches."""
+    tmp = tmp_path_factory.mktemp("multiprocess")
+    data_dir, workdir = tmp / "audio", tmp / "run"
+    data_dir.mkdir()
+    write_clips(data_dir)
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(jax.config.jax_compilation_cache_dir or ""),
+    )
+    args = [str(_free_port()), str(data_dir), str(workdir), str(STEPS), str(FSDP)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, WORKER, str(i), "2", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(2)
+    ]
+    try:
+        # Meanwhile (they mostly compile, a core each): the single-process reference.
+        history, mesh, abstract = _single_process_reference(data_dir, workdir)
+        outputs = [p.communicate(timeout=900)[0].decode(errors="replace") for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-6000:]
+    states = [dict(np.load(workdir / f"state_{i}.npz")) for i in range(2)]
     ckpt = Checkpointer(str(workdir / "checkpoints"))
     shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
     restore = lambda step: _flat(ckpt.restore(with_shardings(abstract, shardings), step=step))  # noqa: E731

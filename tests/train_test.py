@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import REPO, tiny_train_config, write_clips
+from helpers import REPO, TRAIN_TEST_OVERRIDES, tiny_train_config, write_clips
 
 import hificodec_jax
 from hificodec_jax import input_pipeline
@@ -43,7 +43,7 @@ def _main_cmd(data_dir, workdir, total_steps):
     return [
         sys.executable, "-m", "hificodec_jax.main",
         f"--config={REPO / 'configs' / 'tiny.py'}",
-        "--config.disc.families=('stft',)",
+        *(f"--config.{k}={v!r}" for k, v in TRAIN_TEST_OVERRIDES.items()),
         f"--config.data.dir={data_dir}",
         f"--config.total_steps={total_steps}",
         "--config.log_every=1",
