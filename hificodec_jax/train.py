@@ -177,8 +177,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     )
     # Compile the step (and the initialiser) before the state exists, then hand the compiler's
     # freed memory back to the OS (host_memory): the process's peak RSS is then that of
-    # training, not of the compiler plus training (5.95 vs 8.09 GiB for configs/grvq4.py at
-    # batch 4 x 1 s on CPU).
+    # training, not of the compiler plus training (about 6 instead of 8 GiB for
+    # configs/grvq4.py at batch 4 x 1 s on CPU).
     resume = ckpt.latest_step() is not None
     step_fn, init = compile_step(step_fn, abstract, config, mesh, init=None if resume else init)
     if resume:
@@ -261,7 +261,7 @@ def compile_step(step_fn, abstract, config: ml_collections.ConfigDict, mesh, ini
     Compiling needs no state in memory; the compiler's freed memory is returned to the OS
     right after (``host_memory.release_freed_memory``). The two programs are traced here and
     compiled at the same time in two threads: XLA compiles one program mostly on one core
-    (``configs/grvq4.py`` on 2 CPU cores: 120 s step + 93 s init one after the other, 155 s
+    (``configs/grvq4.py`` on 2 CPU cores: 120 s step + 93 s init one after the other, 148-155 s
     together).
     """
     lowered = [step_fn.lower(abstract, batch_spec(config, mesh))]

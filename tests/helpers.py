@@ -82,12 +82,7 @@ TRAIN_TEST_OVERRIDES = {
 def tiny_step_config():
     """The tiny config with ``TRAIN_TEST_OVERRIDES``."""
     cfg = config("tiny")
-    for dotted, value in TRAIN_TEST_OVERRIDES.items():
-        *parents, leaf = dotted.split(".")
-        node = cfg
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
+    cfg.update_from_flattened_dict(TRAIN_TEST_OVERRIDES)
     return cfg
 
 
