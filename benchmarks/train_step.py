@@ -66,12 +66,18 @@ def main(argv=None) -> dict:
     p.add_argument("--segment", type=int, default=16000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--families", default="mpd,msd,stft")
+    p.add_argument(
+        "--reuse-real-features",
+        action="store_true",
+        help="config.loss.reuse_real_features (not the reference objective)",
+    )
     args = p.parse_args(argv)
 
     config = hificodec_jax.load_config(args.config)
     config.disc.families = tuple(args.families.split(","))
     config.data.segment_size = args.segment
     config.batch_size = args.batch
+    config.loss.reuse_real_features = args.reuse_real_features
     sr = config.audio.sample_rate
     mesh = sharding.make_mesh(jax.devices()[:1])
     codec, init, abstract, step = train.build(config, mesh)
@@ -119,6 +125,7 @@ def main(argv=None) -> dict:
         "batch": args.batch,
         "segment": args.segment,
         "families": args.families,
+        "reuse_real_features": args.reuse_real_features,
         "step_s_median": round(med, 3),
         "step_s_all": [round(x, 3) for x in times],
         "g_forward_s": round(fwd_s, 3),

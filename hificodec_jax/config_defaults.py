@@ -126,6 +126,9 @@ def loss_config(recipe: str = "academicodec") -> ml_collections.ConfigDict:
                 mel_weight=1.0,  # ref: resolutions carry 45 / 1 / 1
                 time_l1_weight=0.0,  # ref: no waveform term
                 quantizer_weight=10.0,  # ref: 10 * loss_q
+                # ours, off = ref: True takes the feature-matching targets D(real) from the
+                # D phase (D before its update) instead of a second forward pass (faster).
+                reuse_real_features=False,
             )
         )
     if recipe == "paper":
@@ -138,6 +141,7 @@ def loss_config(recipe: str = "academicodec") -> ml_collections.ConfigDict:
                 mel_weight=1.0,  # reference mel resolutions as the frequency-domain term
                 time_l1_weight=0.1,  # ours: Encodec's lambda_t for the time-domain L1
                 quantizer_weight=1.0,  # paper Eq. 5 lambda_w (ours: 1)
+                reuse_real_features=False,  # ours, see the academicodec recipe
             )
         )
     raise ValueError(f"unknown loss recipe {recipe!r}: 'academicodec' or 'paper'")

@@ -11,6 +11,9 @@ activations of only one are alive at once; the result is the same sum of losses 
 Deviations (documented in the README): D sees real and fake as one concatenated batch (one
 spectral-norm power iteration per D step; the reference iterates on each of its calls), and a
 non-finite loss or gradient skips that update (counted in ``skipped``) instead of crashing.
+Optional, off by default: ``loss.reuse_real_features`` takes the G phase's feature-matching
+targets from the D phase's forward pass on the real audio (D before its update) instead of a
+second forward pass with the updated D (one forward pass per sub-discriminator less).
 """
 
 from __future__ import annotations
@@ -82,44 +85,56 @@ def _after(x, previous):
     return x + 0.0 * jnp.where(jnp.isfinite(s), s, 0.0).astype(x.dtype)
 
 
-def discriminator_gradients(units, d_params, spectral, d_in, d_loss_fn):
+def discriminator_gradients(units, d_params, spectral, d_in, d_loss_fn, *, keep_real_fmaps=False):
     """D losses and gradients on ``d_in = concat([real, fake])``, one sub-discriminator at a time.
 
     Returns ``(parts, grads, new_spectral)``: ``parts["loss/d_<family>"]`` summed over the
     family's sub-discriminators; ``grads`` and ``new_spectral`` (one power iteration of MSD's
     spectral norm) are trees shaped like ``d_params`` and ``spectral``. Sub-discriminators own
     disjoint parameters, so each one's gradient is its own subtree of the whole gradient.
+    With ``keep_real_fmaps`` a fourth item is returned: per unit, the feature maps of the real
+    half of ``d_in`` from this forward pass (for ``loss.reuse_real_features``).
     """
     b = d_in.shape[0] // 2
-    parts, grads, new_spectral, previous = {}, [], [], None
+    parts, grads, new_spectral, real_fmaps, previous = {}, [], [], [], None
     for unit in units:
 
         def objective(p, unit=unit, x=d_in, previous=previous):
-            (logits, _), spec = unit.apply(
+            (logits, fmaps), spec = unit.apply(
                 p, unit.subtree(spectral), _after(x, previous), update_stats=True
             )
-            return d_loss_fn([logits[:b]], [logits[b:]]), spec
+            real = [sg(f[:b]) for f in fmaps] if keep_real_fmaps else []
+            return d_loss_fn([logits[:b]], [logits[b:]]), (spec, real)
 
-        (loss, spec), g = jax.value_and_grad(objective, has_aux=True)(unit.subtree(d_params))
+        (loss, (spec, real)), g = jax.value_and_grad(objective, has_aux=True)(
+            unit.subtree(d_params)
+        )
         key = f"loss/d_{unit.family}"
         parts[key] = parts.get(key, 0.0) + loss
         grads.append(g)
         new_spectral.append(spec)
+        real_fmaps.append(real)
         previous = g
-    return (
+    out = (
         parts,
         discriminators.assemble(units, grads),
         discriminators.assemble(units, new_spectral),
     )
+    return (*out, real_fmaps) if keep_real_fmaps else out
 
 
-def adversarial_wave_gradient(units, d_params, spectral, target, wav_hat, g_adv_fn, lc):
+def adversarial_wave_gradient(
+    units, d_params, spectral, target, wav_hat, g_adv_fn, lc, real_fmaps=None
+):
     """Adversarial + feature-matching losses of ``wav_hat`` and their gradient w.r.t. it.
 
     One sub-discriminator at a time: its forward pass on ``target`` (no gradient: the real
     features are constants for the generator), then forward and input gradient on ``wav_hat``
     (D's weight gradients are never formed in the G phase). Real and fake are separate calls
-    here, as in the reference, so the backward pass covers the fake half only.
+    here, as in the reference, so the backward pass covers the fake half only. ``real_fmaps``
+    (per unit, e.g. from :func:`discriminator_gradients` with ``keep_real_fmaps``) replaces
+    the forward pass on ``target``: the feature-matching targets then come from whichever
+    parameters produced them, not from ``d_params``.
     Returns ``(parts, dL/dwav_hat)`` with ``parts["loss/adv_<family>"]``,
     ``parts["loss/fm_<family>"]`` (per family, as ``feature_matching_loss`` over all of the
     family's sub-discriminators) and ``parts["loss/adversarial_total"]`` (the weighted sum
@@ -130,14 +145,17 @@ def adversarial_wave_gradient(units, d_params, spectral, target, wav_hat, g_adv_
     for unit in units:
         fm_layers[unit.family] = fm_layers.get(unit.family, 0) + unit.num_fmaps
     parts, total, dwav, previous = {}, 0.0, None, None
-    for unit in units:
+    for i, unit in enumerate(units):
         p, sp = unit.subtree(d_params), unit.subtree(spectral)
-        (_, real_fmaps), _ = unit.apply(p, sp, sg(_after(target, previous)))
+        if real_fmaps is None:
+            (_, real), _ = unit.apply(p, sp, sg(_after(target, previous)))
+        else:
+            real = real_fmaps[i]
 
-        def objective(wh, unit=unit, p=p, sp=sp, real_fmaps=real_fmaps, previous=previous):
+        def objective(wh, unit=unit, p=p, sp=sp, real=real, previous=previous):
             (logits, fmaps), _ = unit.apply(p, sp, _after(wh, previous))
             adv = g_adv_fn([logits])
-            fm_sum, _ = losses.feature_matching_terms([real_fmaps], [fmaps], normalized=normalized)
+            fm_sum, _ = losses.feature_matching_terms([real], [fmaps], normalized=normalized)
             fm = losses.finish_feature_matching(
                 fm_sum, fm_layers[unit.family], normalized=normalized
             )
@@ -201,6 +219,9 @@ def make_train_step(
     d_loss_fn = losses.hinge_discriminator_loss if hinge else losses.lsgan_discriminator_loss
     g_adv_fn = losses.hinge_generator_loss if hinge else losses.lsgan_generator_loss
     units = discriminators.sub_discriminators(discs)
+    # Deviation, off by default: feature-matching targets from the D phase's forward pass on
+    # the real audio (D before its update) instead of a second forward with the updated D.
+    reuse_real = bool(lc.get("reuse_real_features", False))
     q_cfg = config.model.quantizer
     stream_names = [f"r{r}g{g}" for r in range(q_cfg.num_levels) for g in range(q_cfg.num_groups)]
 
@@ -225,12 +246,13 @@ def make_train_step(
         target = wav[:, : wav_hat.shape[1]]  # the codec keeps floor(T / hop) * hop samples
 
         # -- D step on the detached reconstruction -------------------------------------------
-        d_parts, d_grads, spectral_new = discriminator_gradients(
+        d_parts, d_grads, spectral_new, *kept = discriminator_gradients(
             units,
             state.d_params,
             state.spectral,
             jnp.concatenate([target, sg(wav_hat)]),
             d_loss_fn,
+            keep_real_fmaps=reuse_real,
         )
         d_loss = sum(d_parts.values())
         d_params, d_opt_state, spectral, d_grad_norm, d_ok = _update_if_finite(
@@ -242,7 +264,7 @@ def make_train_step(
 
         # -- G step against the updated D -----------------------------------------------------
         g_parts, dwav_adv = adversarial_wave_gradient(
-            units, d_params, spectral, target, wav_hat, g_adv_fn, lc
+            units, d_params, spectral, target, wav_hat, g_adv_fn, lc, kept[0] if kept else None
         )
 
         def wave_objective(wav_hat):

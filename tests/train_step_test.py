@@ -34,8 +34,8 @@ def _batch(n=8, seg=4000, seed=0):
 class Runner:
     """A state and its jitted step on a mesh of ``n`` devices."""
 
-    def __init__(self, n: int, fsdp: int = 1, like: Runner | None = None):
-        cfg = tiny_config()
+    def __init__(self, n: int, fsdp: int = 1, like: Runner | None = None, cfg=None):
+        cfg = tiny_config() if cfg is None else cfg
         if fsdp > 1:
             cfg = cfg.copy_and_resolve_references()
             cfg.mesh.fsdp, cfg.mesh.fsdp_min_size = fsdp, 0  # shard every divisible leaf
@@ -149,16 +149,12 @@ def test_non_finite_batch_skips_update():
     assert int(after.step) == 1  # the step still counts; the update does not happen
 
 
-@pytest.mark.parametrize("recipe", ["academicodec", "paper"])
-def test_one_sub_discriminator_at_a_time_equals_the_whole_objective(recipe):
-    """The step's D phase (losses, parameter gradients, spectral update) and G-phase
-    dL/dwav_hat, computed one sub-discriminator at a time, equal the gradients of the whole
-    objective written over ``Discriminators.__call__`` (all families in one expression)."""
+def _small_setup(recipe):
+    """Loss config and functions, narrow discriminators of every family, and a batch of 2."""
     lc = config_defaults.loss_config(recipe)
     hinge = lc.adversarial == "hinge"
     d_loss_fn = losses.hinge_discriminator_loss if hinge else losses.lsgan_discriminator_loss
     g_adv_fn = losses.hinge_generator_loss if hinge else losses.lsgan_generator_loss
-    normalized = lc.feature_matching == "normalized"
     discs = Discriminators(
         periods=(2, 3),
         stft_n_ffts=(256, 128),
@@ -169,6 +165,16 @@ def test_one_sub_discriminator_at_a_time_equals_the_whole_objective(recipe):
     rng = np.random.default_rng(1)
     target = jnp.asarray(rng.uniform(-0.5, 0.5, (2, 800)), jnp.float32)
     wav_hat = jnp.asarray(rng.uniform(-0.5, 0.5, (2, 800)), jnp.float32)
+    return lc, d_loss_fn, g_adv_fn, discs, target, wav_hat
+
+
+@pytest.mark.parametrize("recipe", ["academicodec", "paper"])
+def test_one_sub_discriminator_at_a_time_equals_the_whole_objective(recipe):
+    """The step's D phase (losses, parameter gradients, spectral update) and G-phase
+    dL/dwav_hat, computed one sub-discriminator at a time, equal the gradients of the whole
+    objective written over ``Discriminators.__call__`` (all families in one expression)."""
+    lc, d_loss_fn, g_adv_fn, discs, target, wav_hat = _small_setup(recipe)
+    normalized = lc.feature_matching == "normalized"
     variables = discs.init(jax.random.key(0), target)
     params, spectral = variables["params"], variables["spectral"]
     d_in = jnp.concatenate([target, wav_hat])
@@ -224,3 +230,71 @@ def test_one_sub_discriminator_at_a_time_equals_the_whole_objective(recipe):
         dwav, ref_dwav, rtol=1e-4, atol=1e-4 * float(jnp.abs(ref_dwav).max())
     )
     assert float(jnp.abs(dwav).max()) > 0
+
+
+@pytest.mark.parametrize("recipe", ["academicodec", "paper"])
+def test_reused_real_features_are_the_d_phase_forward(recipe):
+    """``loss.reuse_real_features``: the G phase's feature-matching targets are D(real) from
+    the D phase (parameters *before* the update, spectral vectors after its power iteration),
+    the fake features come from the updated D. Checked against the whole objective written
+    over ``Discriminators.__call__`` with those two parameter sets."""
+    lc, d_loss_fn, g_adv_fn, discs, target, wav_hat = _small_setup(recipe)
+    normalized = lc.feature_matching == "normalized"
+    variables = discs.init(jax.random.key(0), target)
+    p0, spectral = variables["params"], variables["spectral"]
+    units = sub_discriminators(discs)
+    d_in = jnp.concatenate([target, wav_hat])
+    d_phase = jax.jit(
+        lambda p, s, x: discriminator_gradients(units, p, s, x, d_loss_fn, keep_real_fmaps=True)
+    )
+    parts, grads, spec, real_fmaps = d_phase(p0, spectral, d_in)
+    plain = jax.jit(lambda p, s, x: discriminator_gradients(units, p, s, x, d_loss_fn))
+    ref_parts, ref_grads, ref_spec = plain(p0, spectral, d_in)
+    for k, v in ref_parts.items():  # keeping the features does not change the D phase
+        np.testing.assert_allclose(parts[k], v, rtol=1e-6, err_msg=k)
+    _assert_close(ref_grads, grads, rtol=1e-6, scaled_atol=1e-7)
+    assert len(real_fmaps) == len(units)
+    p1 = jax.tree.map(lambda p, g: p - 0.05 * jnp.sign(g), p0, grads)  # an updated D
+
+    def whole_g(wh):
+        real = discs.apply({"params": p0, "spectral": spec}, target)
+        fake = discs.apply({"params": p1, "spectral": spec}, wh)
+        total, parts = 0.0, {}
+        for f, subs in fake.items():
+            parts[f"loss/adv_{f}"] = g_adv_fn([lg for lg, _ in subs])
+            parts[f"loss/fm_{f}"] = losses.feature_matching_loss(
+                [fm for _, fm in real[f]], [fm for _, fm in subs], normalized=normalized
+            )
+            total += lc.adversarial_weight * parts[f"loss/adv_{f}"]
+            total += lc.feature_weight * parts[f"loss/fm_{f}"]
+        return total, parts
+
+    (ref_total, ref_parts), ref_dwav = jax.jit(jax.value_and_grad(whole_g, has_aux=True))(wav_hat)
+    g_phase = jax.jit(
+        lambda p, s, t, wh, r: adversarial_wave_gradient(units, p, s, t, wh, g_adv_fn, lc, r)
+    )
+    parts, dwav = g_phase(p1, spec, target, wav_hat, real_fmaps)
+    np.testing.assert_allclose(parts.pop("loss/adversarial_total"), ref_total, rtol=1e-5)
+    for k, v in ref_parts.items():
+        np.testing.assert_allclose(parts[k], v, rtol=1e-5, err_msg=k)
+    np.testing.assert_allclose(
+        dwav, ref_dwav, rtol=1e-4, atol=1e-4 * float(jnp.abs(ref_dwav).max())
+    )
+    fresh, _ = g_phase(p1, spec, target, wav_hat, None)  # D(real) recomputed with p1
+    for f in ("mpd", "msd", "stft"):
+        np.testing.assert_allclose(fresh[f"loss/adv_{f}"], parts[f"loss/adv_{f}"], rtol=1e-6)
+        assert abs(float(fresh[f"loss/fm_{f}"]) / float(parts[f"loss/fm_{f}"]) - 1) > 1e-3, f
+
+
+def test_step_with_reused_real_features_changes_only_feature_matching():
+    """The train step wires ``loss.reuse_real_features`` through: on the same state and batch
+    the D phase, the adversarial and the mel losses are the same; feature matching is not."""
+    cfg = tiny_config().copy_and_resolve_references()
+    cfg.loss.reuse_real_features = True
+    plain = Runner(1)
+    reuse = Runner(1, like=plain, cfg=cfg)
+    batch = _batch(seed=5)
+    m_plain, m_reuse = plain.step(batch), reuse.step(batch)
+    for k in ("loss/d_stft", "grad_norm/d", "loss/adv_stft", "loss/mel"):
+        np.testing.assert_allclose(m_reuse[k], m_plain[k], rtol=1e-5, err_msg=k)
+    assert abs(float(m_reuse["loss/fm_stft"]) / float(m_plain["loss/fm_stft"]) - 1) > 1e-5
