@@ -74,7 +74,7 @@ def _expand(paths: list[str]) -> list[str]:
 
 
 def cmd_convert(args) -> None:
-    from hificodec_jax.model_io import convert_checkpoint  # noqa: PLC0415
+    from hificodec_jax.convert import convert_checkpoint  # noqa: PLC0415
 
     out = convert_checkpoint(args.checkpoint, args.config, args.out, overwrite=args.overwrite)
     _note(f"wrote model directory {out}")

@@ -13,19 +13,25 @@ of torch state dicts (reference.md section 9). Key ``resblocks.3.convs1.2.weight
   ``codebooks[r, g]`` in ``params`` ("loss" mode) or the ``vq`` collection ("ema" mode).
 
 Only the HiFi-GAN family has a reference layout. Arrays are numpy; nothing here runs torch.
+:func:`convert_checkpoint` turns a released ``.pth`` file into a model directory
+(:mod:`hificodec_jax.model_io`) in one call.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from collections import OrderedDict
 
 import jax
+import ml_collections
 import numpy as np
 
 from hificodec_jax.models.codec import Codec
 
 MODULES = {"encoder": "encoder", "generator": "decoder"}  # torch module -> Flax submodule
+TORCH_MODULES = ("generator", "encoder", "quantizer")  # the state dicts of a released .pth
 _CODEBOOK = re.compile(r"^quantizer_modules(\d*)\.(\d+)\.embedding\.weight$")
 
 
@@ -205,3 +211,54 @@ def flax_to_torch(variables: dict, codec: Codec) -> dict[str, OrderedDict]:
         for j in range(q.num_groups)
     )
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# A released .pth file -> a model directory
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def convert_checkpoint(
+    pth_path: str | os.PathLike,
+    config: ml_collections.ConfigDict | str,
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+) -> str:
+    """A released AcademiCodec ``.pth`` -> a model directory; returns its path.
+
+    ``config`` is a ConfigDict or a config file path (``configs/grvq4.py``). The ``.pth`` is
+    read by the torch-free :func:`~hificodec_jax.pth_reader.load_pth` (a truncated or damaged
+    file raises its ``CheckpointFormatError``); the weights go through
+    :func:`torch_to_flax` (a checkpoint that does not fit the config
+    raises ``CheckpointMismatchError`` naming the first bad key and both shapes). A checkpoint
+    without an ``encoder`` state dict gives a decoder-only model.
+    """
+    from hificodec_jax.factory import build_codec, load_config  # noqa: PLC0415
+    from hificodec_jax.model_io import save_model  # noqa: PLC0415
+    from hificodec_jax.pth_reader import load_pth  # noqa: PLC0415
+
+    pth_path = os.fspath(pth_path)
+    if isinstance(config, str | os.PathLike):
+        config = load_config(os.fspath(config))
+    if not os.path.isfile(pth_path):
+        raise FileNotFoundError(f"no checkpoint file {pth_path!r}")
+    ckpt = load_pth(pth_path)
+    state = {k: ckpt[k] for k in TORCH_MODULES if k in ckpt}
+    if "generator" not in state:
+        raise CheckpointMismatchError(
+            f"{pth_path}: no 'generator' state dict (top-level keys: {sorted(map(str, ckpt))})"
+        )
+    codec = build_codec(config, weight_norm=True)
+    variables = torch_to_flax(state, codec, allow_missing_encoder=True)
+    if "encoder" not in state:
+        variables["params"] = {k: v for k, v in variables["params"].items() if k != "encoder"}
+    source = f"{os.path.basename(pth_path)} sha256:{_file_sha256(pth_path)[:16]}"
+    return save_model(out_dir, config, variables, source=source, overwrite=overwrite)

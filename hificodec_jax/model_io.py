@@ -17,8 +17,8 @@ file is reported without orbax), then recomputes the id and refuses arrays that 
     codec, variables = hificodec_jax.load("models/hificodec-16k")
     codes = codec.apply(variables, wav, method="encode")
 
-``convert_checkpoint`` turns a released AcademiCodec ``.pth`` (read without torch) into such a
-directory. A checkpoint without an ``encoder`` state dict becomes a decoder-only model: it
+:func:`hificodec_jax.convert.convert_checkpoint` turns a released AcademiCodec ``.pth`` (read
+without torch) into such a directory. A checkpoint without an ``encoder`` state dict becomes a decoder-only model: it
 stores no encoder weights, decodes as usual, and its codec raises :class:`MissingEncoderError`
 from ``encode``/``encode_latent``/``__call__``.
 """
@@ -40,7 +40,6 @@ from hificodec_jax.models.codec import Codec
 
 FORMAT_VERSION = 1
 CONFIG_FILE, META_FILE, VARIABLES_DIR = "config.json", "model.json", "variables"
-_TORCH_MODULES = ("generator", "encoder", "quantizer")
 
 
 class ModelLoadError(ValueError):
@@ -438,54 +437,3 @@ def load(directory: str | os.PathLike, *, inference: bool = True):
             )
         codec = _build(config, weight_norm=True, has_encoder=has_encoder)
     return codec, jax.device_put(variables)
-
-
-# --------------------------------------------------------------------------------------------
-# Convert a reference checkpoint
-
-
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def convert_checkpoint(
-    pth_path: str | os.PathLike,
-    config: ml_collections.ConfigDict | str,
-    out_dir: str | os.PathLike,
-    *,
-    overwrite: bool = False,
-) -> str:
-    """A released AcademiCodec ``.pth`` -> a model directory; returns its path.
-
-    ``config`` is a ConfigDict or a config file path (``configs/grvq4.py``). The ``.pth`` is
-    read by the torch-free :func:`~hificodec_jax.pth_reader.load_pth` (a truncated or damaged
-    file raises its ``CheckpointFormatError``); the weights go through
-    :func:`~hificodec_jax.convert.torch_to_flax` (a checkpoint that does not fit the config
-    raises ``CheckpointMismatchError`` naming the first bad key and both shapes). A checkpoint
-    without an ``encoder`` state dict gives a decoder-only model.
-    """
-    from hificodec_jax.convert import CheckpointMismatchError, torch_to_flax  # noqa: PLC0415
-    from hificodec_jax.factory import build_codec, load_config  # noqa: PLC0415
-    from hificodec_jax.pth_reader import load_pth  # noqa: PLC0415
-
-    pth_path = os.fspath(pth_path)
-    if isinstance(config, str | os.PathLike):
-        config = load_config(os.fspath(config))
-    if not os.path.isfile(pth_path):
-        raise FileNotFoundError(f"no checkpoint file {pth_path!r}")
-    ckpt = load_pth(pth_path)
-    state = {k: ckpt[k] for k in _TORCH_MODULES if k in ckpt}
-    if "generator" not in state:
-        raise CheckpointMismatchError(
-            f"{pth_path}: no 'generator' state dict (top-level keys: {sorted(map(str, ckpt))})"
-        )
-    codec = build_codec(config, weight_norm=True)
-    variables = torch_to_flax(state, codec, allow_missing_encoder=True)
-    if "encoder" not in state:
-        variables["params"] = {k: v for k, v in variables["params"].items() if k != "encoder"}
-    source = f"{os.path.basename(pth_path)} sha256:{_file_sha256(pth_path)[:16]}"
-    return save_model(out_dir, config, variables, source=source, overwrite=overwrite)

@@ -16,7 +16,7 @@ import pytest
 from helpers import REPO, config, fast_init, noise
 
 import hificodec_jax
-from hificodec_jax import inference
+from hificodec_jax import batching, inference
 
 RATE = 16000
 CHUNK, CONTEXT = 300, 40  # frames: 5 s of tiny-config audio (2000 frames) has 6 seams
@@ -151,30 +151,30 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="codebook|must be in"):
         inference.chunked_decode(codec, variables, codes + 64)
     with pytest.raises(ValueError, match="num_levels"):
-        inference.encode_batch(codec, variables, [wav], num_levels=3)
+        batching.encode_batch(codec, variables, [wav], num_levels=3)
 
 
 def test_batched_clips_equal_clips_alone():
     codec, variables = model()
     wav, _, _ = audio()
     clips = [wav[:3000], wav[5000:10123], wav[20000:24417]]  # three lengths, one bucket
-    batched = inference.encode_batch(codec, variables, clips)
+    batched = batching.encode_batch(codec, variables, clips)
     for clip, codes in zip(clips, batched, strict=True):
         alone = np.asarray(jitted("encode")(variables, clip))
         np.testing.assert_array_equal(codes, alone)
-    decoded = inference.decode_batch(codec, variables, batched)
+    decoded = batching.decode_batch(codec, variables, batched)
     for codes, wav_hat in zip(batched, decoded, strict=True):
         alone = np.asarray(jitted("decode")(variables, codes))
         assert wav_hat.shape == alone.shape == (codes.shape[0] * codec.hop,)
         np.testing.assert_allclose(wav_hat, alone, atol=1e-5)
-    low = inference.encode_batch(codec, variables, clips[:2], num_levels=1)
+    low = batching.encode_batch(codec, variables, clips[:2], num_levels=1)
     for codes, full in zip(low, batched[:2], strict=True):
         np.testing.assert_array_equal(codes, full[:, :2])  # level 0 of both groups
 
 
 def test_buckets_are_few_and_tight():
     unit = 160
-    sizes = [inference.bucket(n, unit) for n in range(1, 64 * unit)]
+    sizes = [batching.bucket(n, unit) for n in range(1, 64 * unit)]
     assert all(b >= n and b % unit == 0 for n, b in enumerate(sizes, 1))
     assert all(b < 1.25 * n + unit for n, b in enumerate(sizes, 1))
     assert len(set(sizes)) == 4 + 4 * 4  # 1..8 units, then 4 buckets per octave up to 64

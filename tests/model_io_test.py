@@ -18,7 +18,7 @@ import pytest
 from helpers import config, fast_init, noise
 
 import hificodec_jax
-from hificodec_jax import model_io
+from hificodec_jax import convert, model_io
 from hificodec_jax.convert import CheckpointMismatchError, flax_to_torch
 from hificodec_jax.pth_reader import CheckpointFormatError
 
@@ -285,7 +285,7 @@ def pth(tmp_path_factory) -> Path:
 
 
 def test_convert_checkpoint_round_trip(pth, tmp_path):
-    out = model_io.convert_checkpoint(pth, config("tiny"), tmp_path / "converted")
+    out = convert.convert_checkpoint(pth, config("tiny"), tmp_path / "converted")
     meta = json.loads((Path(out) / "model.json").read_text())
     assert meta["has_encoder"] is True and meta["source"].startswith("g_00001000.pth sha256:")
     codec, variables = hificodec_jax.load(out)
@@ -303,7 +303,7 @@ def test_convert_checkpoint_round_trip(pth, tmp_path):
 def test_decoder_only_checkpoint_decodes_but_cannot_encode(tmp_path):
     path = tmp_path / "decoder_only.pth"
     write_pth(path, {k: v for k, v in reference_state().items() if k != "encoder"})
-    out = model_io.convert_checkpoint(path, config("tiny"), tmp_path / "decoder_only")
+    out = convert.convert_checkpoint(path, config("tiny"), tmp_path / "decoder_only")
     assert json.loads((Path(out) / "model.json").read_text())["has_encoder"] is False
     codec, variables = hificodec_jax.load(out)
     assert "encoder" not in variables["params"]
@@ -321,7 +321,7 @@ def test_mismatching_config_names_key_and_shapes(pth, tmp_path):
     other = config("tiny")
     other.model.decoder.upsample_initial_channel = 48
     with pytest.raises(CheckpointMismatchError) as info:
-        model_io.convert_checkpoint(pth, other, tmp_path / "bad")
+        convert.convert_checkpoint(pth, other, tmp_path / "bad")
     message = str(info.value)
     # the first key in checkpoint order whose shape differs, with both shapes (torch layout)
     assert message.startswith("generator.conv_post.weight_v: ")
@@ -334,7 +334,7 @@ def test_truncated_pth_raises_a_clear_error(pth, tmp_path):
     cut = tmp_path / "cut.pth"
     cut.write_bytes(data[: len(data) * 2 // 3])
     with pytest.raises(CheckpointFormatError, match="cut.pth"):
-        model_io.convert_checkpoint(cut, config("tiny"), tmp_path / "cut")
+        convert.convert_checkpoint(cut, config("tiny"), tmp_path / "cut")
     assert not (tmp_path / "cut").exists()
     with pytest.raises(FileNotFoundError):
-        model_io.convert_checkpoint(tmp_path / "none.pth", config("tiny"), tmp_path / "none")
+        convert.convert_checkpoint(tmp_path / "none.pth", config("tiny"), tmp_path / "none")
