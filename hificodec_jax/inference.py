@@ -471,6 +471,3 @@ def chunked_decode(
     with _Progress(len(windows), progress, "decode") as bar:
         _pipelined(windows, run, collect, bar)
     return out
-
-
-# --------------------------------------------------------------------------------------------

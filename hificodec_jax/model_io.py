@@ -18,9 +18,9 @@ file is reported without orbax), then recomputes the id and refuses arrays that 
     codes = codec.apply(variables, wav, method="encode")
 
 :func:`hificodec_jax.convert.convert_checkpoint` turns a released AcademiCodec ``.pth`` (read
-without torch) into such a directory. A checkpoint without an ``encoder`` state dict becomes a decoder-only model: it
-stores no encoder weights, decodes as usual, and its codec raises :class:`MissingEncoderError`
-from ``encode``/``encode_latent``/``__call__``.
+without torch) into such a directory. A checkpoint without an ``encoder`` state dict becomes a
+decoder-only model: it stores no encoder weights, decodes as usual, and its codec raises
+:class:`MissingEncoderError` from ``encode``/``encode_latent``/``__call__``.
 """
 
 from __future__ import annotations
