@@ -85,15 +85,18 @@ def _after(x, previous):
     return x + 0.0 * jnp.where(jnp.isfinite(s), s, 0.0).astype(x.dtype)
 
 
-def discriminator_gradients(units, d_params, spectral, d_in, d_loss_fn, *, keep_real_fmaps=False):
+def discriminator_gradients(
+    units, d_params, spectral, d_in, d_loss_fn, *, keep_real_fmaps: bool = False
+):
     """D losses and gradients on ``d_in = concat([real, fake])``, one sub-discriminator at a time.
 
-    Returns ``(parts, grads, new_spectral)``: ``parts["loss/d_<family>"]`` summed over the
-    family's sub-discriminators; ``grads`` and ``new_spectral`` (one power iteration of MSD's
-    spectral norm) are trees shaped like ``d_params`` and ``spectral``. Sub-discriminators own
-    disjoint parameters, so each one's gradient is its own subtree of the whole gradient.
-    With ``keep_real_fmaps`` a fourth item is returned: per unit, the feature maps of the real
-    half of ``d_in`` from this forward pass (for ``loss.reuse_real_features``).
+    Returns ``(parts, grads, new_spectral, real_fmaps)``: ``parts["loss/d_<family>"]`` summed
+    over the family's sub-discriminators; ``grads`` and ``new_spectral`` (one power iteration
+    of MSD's spectral norm) are trees shaped like ``d_params`` and ``spectral``.
+    Sub-discriminators own disjoint parameters, so each one's gradient is its own subtree of
+    the whole gradient. ``real_fmaps`` is ``None``, or with ``keep_real_fmaps`` per unit the
+    feature maps of the real half of ``d_in`` from this forward pass (for
+    ``loss.reuse_real_features``).
     """
     b = d_in.shape[0] // 2
     parts, grads, new_spectral, real_fmaps, previous = {}, [], [], [], None
@@ -115,12 +118,12 @@ def discriminator_gradients(units, d_params, spectral, d_in, d_loss_fn, *, keep_
         new_spectral.append(spec)
         real_fmaps.append(real)
         previous = g
-    out = (
+    return (
         parts,
         discriminators.assemble(units, grads),
         discriminators.assemble(units, new_spectral),
+        real_fmaps if keep_real_fmaps else None,
     )
-    return (*out, real_fmaps) if keep_real_fmaps else out
 
 
 def adversarial_wave_gradient(
@@ -246,7 +249,7 @@ def make_train_step(
         target = wav[:, : wav_hat.shape[1]]  # the codec keeps floor(T / hop) * hop samples
 
         # -- D step on the detached reconstruction -------------------------------------------
-        d_parts, d_grads, spectral_new, *kept = discriminator_gradients(
+        d_parts, d_grads, spectral_new, real_fmaps = discriminator_gradients(
             units,
             state.d_params,
             state.spectral,
@@ -264,7 +267,7 @@ def make_train_step(
 
         # -- G step against the updated D -----------------------------------------------------
         g_parts, dwav_adv = adversarial_wave_gradient(
-            units, d_params, spectral, target, wav_hat, g_adv_fn, lc, kept[0] if kept else None
+            units, d_params, spectral, target, wav_hat, g_adv_fn, lc, real_fmaps
         )
 
         def wave_objective(wav_hat):
