@@ -19,7 +19,7 @@ measured afterwards). Prints progress lines, then one JSON object as the last li
 
 The spec (reference.md section 11) gives the PyTorch reference 41.5 s per such step with a
 7.4 GiB peak on this machine class; runs of the reference's training-loop body (torch 2.13 CPU,
-2 threads) adjacent to this benchmark measured 23.7-26.5 s and 7.5 GiB (README, Benchmarks).
+2 threads) adjacent to this benchmark measured 17.2-26.5 s and 7.5-7.7 GiB (README, Benchmarks).
 Compare with a torch run adjacent to this one.
 
 Run: python benchmarks/train_step.py [--repeats 3] [--batch 4] [--families mpd,msd,stft]
@@ -140,7 +140,7 @@ def main(argv=None) -> dict:
         "probe_gflops": round(probe, 1),
         "gflop": round(gflop, 1),
         "probe_fraction": round(gflop / med / probe, 3),
-        "spec_reference_step_s": 41.5,  # reference.md; adjacent torch runs measured 23.7-26.5 s
+        "spec_reference_step_s": 41.5,  # reference.md; adjacent torch runs measured 17.2-26.5 s
         "spec_reference_peak_rss_mib": 7588,  # 7.41 GiB
     }
     print(json.dumps(result))
