@@ -117,6 +117,9 @@ def main(argv=None) -> dict:
         lambda p, s, x: discriminator_gradients(units, p, s, x, losses.lsgan_discriminator_loss)
     )
     d_in = jnp.concatenate([batch["wav"][:, : wav_hat.shape[1]], wav_hat])
+    d_phase = train.compile_with_options(  # with the step's compiler options, as in the step
+        d_phase.lower(state.d_params, state.spectral, d_in), train.step_compiler_options()
+    )
     jax.block_until_ready(d_phase(state.d_params, state.spectral, d_in))
     fwd_s = _median_time(lambda: g_fwd(state.g_params, state.vq, batch["wav"]), args.repeats)
     d_s = _median_time(lambda: d_phase(state.d_params, state.spectral, d_in), args.repeats)

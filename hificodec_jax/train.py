@@ -262,15 +262,45 @@ def compile_step(step_fn, abstract, config: ml_collections.ConfigDict, mesh, ini
     right after (``host_memory.release_freed_memory``). The two programs are traced here and
     compiled at the same time in two threads: XLA compiles one program mostly on one core
     (``configs/grvq4.py`` on 2 CPU cores: 120 s step + 93 s init one after the other, 148-155 s
-    together).
+    together). The step is compiled with :func:`step_compiler_options`.
     """
     lowered = [step_fn.lower(abstract, batch_spec(config, mesh))]
     if init is not None:
         lowered.append(init.lower(jax.random.key(0)))
+    options = [step_compiler_options(), {}]
     with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
-        compiled = list(pool.map(lambda lo: lo.compile(), lowered))
+        compiled = list(pool.map(compile_with_options, lowered, options[: len(lowered)]))
     host_memory.release_freed_memory()
     return compiled[0], (compiled[1] if init is not None else None)
+
+
+# XLA CPU's default YNNPACK library fusions are {individual dot, individual convolution, reduce}
+# (jaxlib 0.10). Its YNNPACK 2-D convolution is slower than XLA's own (Eigen) convolution on
+# the MS-STFT discriminator's 32-channel 3x9 convs: their forward + backward on real + fake,
+# batch 4 x 1 s, took 2.39 s with it and 1.74 s without it, side by side on the 2-core CI
+# machine class (MPD, MSD and the generator use 1-D convs, which it does not take); the whole
+# configs/grvq4.py step gained less, 15.81 s against 16.04 s (medians of six interleaved
+# rounds). So the train step is compiled without YNNPACK convolutions on CPU.
+_CPU_STEP_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": (
+        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+    )
+}
+
+
+def step_compiler_options() -> dict:
+    """XLA compiler options for the train step on this backend (``{}`` off CPU)."""
+    return dict(_CPU_STEP_OPTIONS) if jax.default_backend() == "cpu" else {}
+
+
+def compile_with_options(lowered, options: dict):
+    """``lowered.compile(options)``; without the options if this XLA does not know them."""
+    if options:
+        try:
+            return lowered.compile(compiler_options=options)
+        except jax.errors.JaxRuntimeError as e:  # an XLA without these options or enum values
+            logging.warning("compiling without %s: %s", sorted(options), e)
+    return lowered.compile()
 
 
 def with_shardings(abstract, shardings):

@@ -65,6 +65,21 @@ class Runner:
         return jax.device_get(metrics)
 
 
+def _assert_metrics_close(a: dict, b: dict):
+    """Step metrics of two runs of one step on different meshes, to float rounding.
+
+    What the G phase computes against the *updated* D (adversarial and feature-matching losses,
+    their total, G's gradient norm) gets 1e-3: Adam's first update is ~lr * sign(g), so a
+    rounding-level near-zero D gradient can flip a D weight's step by 2 lr (see the params
+    checks), which moves those values by ~1e-4 of their scale (4.6e-5 measured for 8 devices
+    vs 1 on an AVX-512 machine). Everything else agrees to 2e-5.
+    """
+    against_updated_d = ("loss/adv_", "loss/fm_", "loss/g_total", "grad_norm/g")
+    for k, v in a.items():
+        rtol = 1e-3 if k.startswith(against_updated_d) else 2e-5
+        np.testing.assert_allclose(v, b[k], rtol=rtol, atol=1e-6, err_msg=k)
+
+
 def _assert_close(a_tree, b_tree, *, rtol=0.0, atol=0.0, scaled_atol=0.0):
     """Leaf-wise closeness; ``scaled_atol`` is relative to each leaf's largest magnitude."""
     for (path, a), b in zip(
@@ -86,8 +101,7 @@ def test_step_on_eight_devices_equals_one_and_learns():
     m1, m8 = one.step(batch), eight.step(batch)
     # One step: everything computed from the batch agrees to float rounding: losses, gradient
     # norms, Adam moments, and the EMA codebook statistics (global-batch sums, not a shard's).
-    for k, v in m1.items():
-        np.testing.assert_allclose(v, m8[k], rtol=2e-5, atol=1e-6, err_msg=k)
+    _assert_metrics_close(m1, m8)
     s1, s8 = jax.device_get(one.state), jax.device_get(eight.state)
     _assert_close(s1.vq, s8.vq, rtol=1e-5, atol=1e-6)
     _assert_close(s1.spectral, s8.spectral, rtol=1e-5, atol=1e-6)
@@ -119,8 +133,14 @@ def test_step_on_eight_devices_equals_one_and_learns():
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 def test_fsdp_mesh_equals_data_parallel():
+    # From codebooks already initialised (by one step on the data-parallel mesh): the first
+    # step's k-means initialisation on the batch's frames is chaotic under float rounding. On an
+    # AVX-512 machine FSDP's rounding led k-means to different centroids (cluster sizes up to 3
+    # frames apart, mel loss 8.5e-5 apart), while the step from initialised codebooks agreed to
+    # 2.4e-6. The initialising step itself is compared across meshes in the 8-device test.
     batch = _batch(seed=3)
     dp = Runner(8)
+    dp.step(_batch(seed=7))
     fsdp = Runner(8, fsdp=4, like=dp)
     sharded = [
         x for x in jax.tree.leaves(fsdp.state) if not x.sharding.is_fully_replicated
@@ -128,14 +148,13 @@ def test_fsdp_mesh_equals_data_parallel():
     assert len(sharded) > len(jax.tree.leaves(fsdp.state)) // 2
     assert all(x.addressable_shards[0].data.size * 4 == x.size for x in sharded)
     m_dp, m_fsdp = dp.step(batch), fsdp.step(batch)
-    for k, v in m_dp.items():
-        np.testing.assert_allclose(v, m_fsdp[k], rtol=2e-5, atol=1e-6, err_msg=k)
+    _assert_metrics_close(m_dp, m_fsdp)
     s_dp, s_fsdp = jax.device_get(dp.state), jax.device_get(fsdp.state)
     _assert_close(s_dp.vq, s_fsdp.vq, rtol=1e-5, atol=1e-6)
     lr = tiny_config().optim.g.learning_rate
     _assert_close(s_dp.g_params, s_fsdp.g_params, atol=2 * lr + 1e-6)
     _assert_close(s_dp.d_params, s_fsdp.d_params, atol=2 * lr + 1e-6)
-    assert int(s_fsdp.step) == 1
+    assert int(s_fsdp.step) == 2
 
 
 def test_mel_loss_falls_over_thirty_steps():
