@@ -264,12 +264,11 @@ def compile_step(step_fn, abstract, config: ml_collections.ConfigDict, mesh, ini
     (``configs/grvq4.py`` on 2 CPU cores: 120 s step + 93 s init one after the other, 148-155 s
     together). The step is compiled with :func:`step_compiler_options`.
     """
-    lowered = [step_fn.lower(abstract, batch_spec(config, mesh))]
+    jobs = [(step_fn.lower(abstract, batch_spec(config, mesh)), step_compiler_options())]
     if init is not None:
-        lowered.append(init.lower(jax.random.key(0)))
-    options = [step_compiler_options(), {}]
-    with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
-        compiled = list(pool.map(compile_with_options, lowered, options[: len(lowered)]))
+        jobs.append((init.lower(jax.random.key(0)), {}))
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+        compiled = list(pool.map(lambda job: compile_with_options(*job), jobs))
     host_memory.release_freed_memory()
     return compiled[0], (compiled[1] if init is not None else None)
 
