@@ -113,13 +113,11 @@ def main(argv=None) -> dict:
     g_fwd = jax.jit(lambda p, v, w: codec.apply({"params": p, "vq": v}, w).wav_hat)
     wav_hat = jax.block_until_ready(g_fwd(state.g_params, state.vq, batch["wav"]))
     units = sub_discriminators(factory.build_discriminators(config))
-    d_phase = jax.jit(
-        lambda p, s, x: discriminator_gradients(units, p, s, x, losses.lsgan_discriminator_loss)
+    d_phase = jax.jit(  # with the step's compiler options, as in the step
+        lambda p, s, x: discriminator_gradients(units, p, s, x, losses.lsgan_discriminator_loss),
+        compiler_options=train.step_compiler_options() or None,
     )
     d_in = jnp.concatenate([batch["wav"][:, : wav_hat.shape[1]], wav_hat])
-    d_phase = train.compile_with_options(  # with the step's compiler options, as in the step
-        d_phase.lower(state.d_params, state.spectral, d_in), train.step_compiler_options()
-    )
     jax.block_until_ready(d_phase(state.d_params, state.spectral, d_in))
     fwd_s = _median_time(lambda: g_fwd(state.g_params, state.vq, batch["wav"]), args.repeats)
     d_s = _median_time(lambda: d_phase(state.d_params, state.spectral, d_in), args.repeats)

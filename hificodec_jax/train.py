@@ -125,6 +125,9 @@ def evaluate(eval_step, state: TrainState, eval_batches, writer, step: int, samp
 def build(config: ml_collections.ConfigDict, mesh):
     """``(codec, init, abstract, step)``: the sharded state initialiser, the state's shape/dtype
     structs carrying its shardings on ``mesh`` (what a checkpoint restores into), the jitted step.
+
+    The step carries :func:`step_compiler_options`, so it compiles with them whether it is
+    called directly, lowered and compiled, or compiled by :func:`compile_step`.
     """
     codec = factory.build_codec(config)
     discs = factory.build_discriminators(config)
@@ -142,6 +145,7 @@ def build(config: ml_collections.ConfigDict, mesh):
         in_shardings=(state_sharding, data),
         out_shardings=(state_sharding, repl),
         donate_argnums=(0,),
+        compiler_options=step_compiler_options() or None,  # however the step gets compiled
     )
     return codec, init, abstract, step
 
@@ -262,13 +266,13 @@ def compile_step(step_fn, abstract, config: ml_collections.ConfigDict, mesh, ini
     right after (``host_memory.release_freed_memory``). The two programs are traced here and
     compiled at the same time in two threads: XLA compiles one program mostly on one core
     (``configs/grvq4.py`` on 2 CPU cores: 120 s step + 93 s init one after the other, 148-155 s
-    together). The step is compiled with :func:`step_compiler_options`.
+    together). The step's compiler options come with it from :func:`build`.
     """
-    jobs = [(step_fn.lower(abstract, batch_spec(config, mesh)), step_compiler_options())]
+    lowered = [step_fn.lower(abstract, batch_spec(config, mesh))]
     if init is not None:
-        jobs.append((init.lower(jax.random.key(0)), {}))
-    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
-        compiled = list(pool.map(lambda job: compile_with_options(*job), jobs))
+        lowered.append(init.lower(jax.random.key(0)))
+    with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
+        compiled = list(pool.map(lambda lo: lo.compile(), lowered))
     host_memory.release_freed_memory()
     return compiled[0], (compiled[1] if init is not None else None)
 
@@ -276,10 +280,11 @@ def compile_step(step_fn, abstract, config: ml_collections.ConfigDict, mesh, ini
 # XLA CPU's default YNNPACK library fusions are {individual dot, individual convolution, reduce}
 # (jaxlib 0.10). Its YNNPACK 2-D convolution is slower than XLA's own (Eigen) convolution on
 # the MS-STFT discriminator's 32-channel 3x9 convs: their forward + backward on real + fake,
-# batch 4 x 1 s, took 2.39 s with it and 1.74 s without it, side by side on the 2-core CI
-# machine class (MPD, MSD and the generator use 1-D convs, which it does not take); the whole
-# configs/grvq4.py step gained less, 15.81 s against 16.04 s (medians of six interleaved
-# rounds). So the train step is compiled without YNNPACK convolutions on CPU.
+# batch 4 x 1 s, took 2.39 s with it and 1.74 s without it on an AVX-512 Xeon of the 2-core
+# CI machine class, and 14.5 s against 2.9 s (5x) on an AVX2 AMD EPYC of the same class
+# (MPD, MSD and the generator use 1-D convs, which it does not take); the whole
+# configs/grvq4.py step gained 15.81 s against 16.04 s on the Xeon (medians of six
+# interleaved rounds). So the train step is compiled without YNNPACK convolutions on CPU.
 _CPU_STEP_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": (
         "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
@@ -288,18 +293,22 @@ _CPU_STEP_OPTIONS = {
 
 
 def step_compiler_options() -> dict:
-    """XLA compiler options for the train step on this backend (``{}`` off CPU)."""
-    return dict(_CPU_STEP_OPTIONS) if jax.default_backend() == "cpu" else {}
+    """XLA compiler options for the train step on this backend: ``{}`` off CPU, and ``{}``
+    where this XLA rejects them (an unknown option or enum value; warned once)."""
+    if jax.default_backend() != "cpu":
+        return {}
+    return dict(_accepted_options(tuple(sorted(_CPU_STEP_OPTIONS.items()))))
 
 
-def compile_with_options(lowered, options: dict):
-    """``lowered.compile(options)``; without the options if this XLA does not know them."""
-    if options:
-        try:
-            return lowered.compile(compiler_options=options)
-        except jax.errors.JaxRuntimeError as e:  # an XLA without these options or enum values
-            logging.warning("compiling without %s: %s", sorted(options), e)
-    return lowered.compile()
+@functools.cache
+def _accepted_options(options: tuple) -> tuple:
+    """``options`` if this XLA compiles a trivial program with them, else ``()``."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=dict(options))(jnp.zeros((), jnp.float32))
+    except jax.errors.JaxRuntimeError as e:
+        logging.warning("compiling the train step without %s: %s", [k for k, _ in options], e)
+        return ()
+    return options
 
 
 def with_shardings(abstract, shardings):

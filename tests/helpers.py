@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +117,15 @@ def write_clips(directory, n: int = 6) -> None:
         sf.write(
             Path(directory) / f"clip{i}.wav", synthetic_speech(16000, 0.5 + 0.1 * i, seed=i), 16000
         )
+
+
+def ynn_convolutions(hlo_text: str) -> int:
+    """Convolutions inside YNNPACK library fusions of a compiled module's HLO text."""
+    count = 0
+    ynn = set(
+        re.findall(r'calls=%(\S+?), backend_config=\{"fusion_config":\{"kind":"__ynn', hlo_text)
+    )
+    for name, body in re.findall(r"^%(\S+) \(.*?\{\n(.*?)\n\}", hlo_text, re.M | re.S):
+        if name in ynn:
+            count += body.count(" convolution(")
+    return count
