@@ -57,9 +57,6 @@ def encode_batch(
     """
     hop = codec.hop
     wavs = [check_wav_1d(w, hop, f"wavs[{i}]") for i, w in enumerate(wavs)]
-    for i, w in enumerate(wavs):
-        if not np.all(np.isfinite(w)):
-            raise ValueError(f"wavs[{i}] contains NaN or infinite samples")
     codec.quantizer.check_levels(num_levels)
     fn = encode_fn(codec, num_levels)
     variables = jax.device_put(variables)

@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hificodec_jax.models.codec import Codec, check_codes
+from hificodec_jax.models.codec import Codec, check_codes, check_wav
 
 DEFAULT_CHUNK_SECONDS = 10.0
 DEFAULT_CONTEXT_SECONDS = 1.0
@@ -271,14 +271,12 @@ def _check_chunking(chunk_frames, overlap_frames):
 
 
 def check_wav_1d(wav, hop: int, what: str = "wav") -> np.ndarray:
-    """``wav`` as a 1-D float numpy array of at least one hop, else a ``ValueError``."""
+    """``wav`` as a 1-D finite float numpy array of at least one hop, else a ``ValueError``
+    (:func:`~hificodec_jax.models.codec.check_wav`'s checks, mono only)."""
     wav = np.asarray(wav)
     if wav.ndim != 1:
         raise ValueError(f"{what} must be 1-D [T] (mono), got shape {wav.shape}")
-    if not np.issubdtype(wav.dtype, np.floating):
-        raise ValueError(f"{what} must be a float array in [-1, 1], got dtype {wav.dtype}")
-    if wav.shape[0] < hop:
-        raise ValueError(f"{what} has {wav.shape[0]} samples, shorter than one hop ({hop})")
+    check_wav(wav, hop, what)
     return wav
 
 
@@ -338,8 +336,6 @@ def chunked_encode(
     def inputs(s):
         x = np.zeros((1, window), np.float32)
         piece = wav[s * hop : s * hop + window]
-        if not np.all(np.isfinite(piece)):
-            raise ValueError(f"wav contains NaN or infinite samples (in samples {s * hop}+)")
         x[0, : piece.shape[0]] = piece
         return x, np.array([piece.shape[0]], np.int32)
 

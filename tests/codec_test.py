@@ -126,7 +126,8 @@ def test_gradients_finite():
     [
         (np.zeros((1, 1, 400), np.float32), "wav must be"),
         (np.zeros((1, 400), np.int16), "float"),
-        (np.full((1, 400), np.nan, np.float32), "NaN"),
+        (np.full((1, 400), np.nan, np.float32), r"NaN or infinite samples \(400, .* \(0, 0\)\)"),
+        (np.where(np.arange(400) == 7, np.inf, 0).astype(np.float32), r"\(1, .* index 7\)"),
         (np.zeros((1, 39), np.float32), "shorter than one hop"),
     ],
 )

@@ -5,6 +5,8 @@ them, however it is compiled."""
 
 from __future__ import annotations
 
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,12 +66,17 @@ def test_compile_step_compiles_the_step_and_init_as_they_are_jitted():
     step = jax.jit(lambda state, batch: (state + jnp.sum(batch["wav"]), {}))
     init = jax.jit(lambda key: jnp.zeros(()))
     abstract = jax.ShapeDtypeStruct((), jnp.float32)
-    compiled, init_c = train.compile_step(step, abstract, config, mesh, init=init)
+    timings, t = {}, time.perf_counter()
+    compiled, init_c = train.compile_step(step, abstract, config, mesh, init=init, timings=timings)
+    wall = time.perf_counter() - t  # each program's own compile time lies within the call's
+    assert set(timings) == {"step", "init"} and all(0 < s < wall for s in timings.values())
     batch = {"wav": jnp.ones((2, 8)), "lengths": jnp.full((2,), 8)}
     state, _ = compiled(init_c(jax.random.key(0)), batch)
     assert float(state) == 16.0
-    resumed, none = train.compile_step(step, abstract, config, mesh)  # no init when resuming
-    assert none is None and float(resumed(state, batch)[0]) == 32.0
+    timings = {}
+    resumed, none = train.compile_step(step, abstract, config, mesh, timings=timings)
+    assert none is None and set(timings) == {"step"}  # no init when resuming
+    assert float(resumed(state, batch)[0]) == 32.0
 
 
 def test_build_step_compiles_with_the_step_options(monkeypatch):

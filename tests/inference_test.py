@@ -152,6 +152,12 @@ def test_bad_arguments():
         inference.chunked_decode(codec, variables, codes + 64)
     with pytest.raises(ValueError, match="num_levels"):
         batching.encode_batch(codec, variables, [wav], num_levels=3)
+    holed = wav.copy()
+    holed[5000] = np.nan  # found before any window is encoded, wherever it lies
+    with pytest.raises(ValueError, match=r"wav contains NaN .*\(1, the first at index 5000\)"):
+        inference.chunked_encode(codec, variables, holed)
+    with pytest.raises(ValueError, match=r"wavs\[1\] contains NaN .*index 5000"):
+        batching.encode_batch(codec, variables, [wav, holed])
 
 
 def test_batched_clips_equal_clips_alone():

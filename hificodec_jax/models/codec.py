@@ -54,18 +54,28 @@ def _is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def check_wav(wav, hop: int):
-    """Validate a waveform batch; returns it as float ``[B, T]`` plus whether a batch was added."""
+def check_wav(wav, hop: int, what: str = "wav"):
+    """Validate a waveform batch; returns it as float ``[B, T]`` plus whether a batch was added.
+
+    ``what`` names the array in the error messages. Finiteness is checked on concrete arrays
+    only (under ``jit`` the values are not known).
+    """
     if not hasattr(wav, "ndim"):
         wav = np.asarray(wav)
     if wav.ndim not in (1, 2):
-        raise ValueError(f"wav must be [T] or [B, T] (mono), got shape {tuple(wav.shape)}")
+        raise ValueError(f"{what} must be [T] or [B, T] (mono), got shape {tuple(wav.shape)}")
     if not jnp.issubdtype(wav.dtype, jnp.floating):
-        raise ValueError(f"wav must be a float array in [-1, 1], got dtype {wav.dtype}")
+        raise ValueError(f"{what} must be a float array in [-1, 1], got dtype {wav.dtype}")
     if wav.shape[-1] < hop:
-        raise ValueError(f"wav has {wav.shape[-1]} samples, shorter than one hop ({hop})")
-    if _is_concrete(wav) and not np.all(np.isfinite(np.asarray(wav))):
-        raise ValueError("wav contains NaN or infinite samples")
+        raise ValueError(f"{what} has {wav.shape[-1]} samples, shorter than one hop ({hop})")
+    if _is_concrete(wav):
+        bad = np.flatnonzero(~np.isfinite(np.asarray(wav)).reshape(-1))
+        if bad.size:
+            first = np.unravel_index(bad[0], wav.shape)
+            raise ValueError(
+                f"{what} contains NaN or infinite samples ({bad.size}, the first at index "
+                f"{tuple(int(i) for i in first) if wav.ndim > 1 else int(first[0])})"
+            )
     squeeze = wav.ndim == 1
     return (wav[None] if squeeze else wav), squeeze
 
