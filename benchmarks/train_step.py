@@ -8,8 +8,8 @@ measured afterwards). Prints progress lines, then one JSON object as the last li
 
 * ``step_s_median``, ``compile_s`` (the step and the state initialiser compiled together, as
   training does: wall time), ``compile_step_s`` / ``compile_init_s`` (each program's own
-  compile wall time within that, the two compiled concurrently), ``init_s`` (running the initialiser), ``audio_s_per_s``,
-  ``peak_rss_mib``, ``xla_temp_mib`` / ``state_mib`` (XLA's buffer assignment of the step:
+  compile wall time within that, the two compiled concurrently), ``init_s`` (running the
+  initialiser), ``audio_s_per_s``, ``peak_rss_mib``, ``xla_temp_mib`` / ``state_mib`` (XLA's buffer assignment of the step:
   temporaries and the train state), ``probe_gflops`` (2048^2 fp32 matmul in the same run,
   just before timing), ``gflop`` / ``probe_fraction`` (XLA's FLOP count of the step over the
   probe's rate);
