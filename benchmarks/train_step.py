@@ -9,10 +9,10 @@ measured afterwards). Prints progress lines, then one JSON object as the last li
 * ``step_s_median``, ``compile_s`` (the step and the state initialiser compiled together, as
   training does: wall time), ``compile_step_s`` / ``compile_init_s`` (each program's own
   compile wall time within that, the two compiled concurrently), ``init_s`` (running the
-  initialiser), ``audio_s_per_s``, ``peak_rss_mib``, ``xla_temp_mib`` / ``state_mib`` (XLA's buffer assignment of the step:
-  temporaries and the train state), ``probe_gflops`` (2048^2 fp32 matmul in the same run,
-  just before timing), ``gflop`` / ``probe_fraction`` (XLA's FLOP count of the step over the
-  probe's rate);
+  initialiser), ``audio_s_per_s``, ``peak_rss_mib``, ``xla_temp_mib`` / ``state_mib``
+  (XLA's buffer assignment of the step: temporaries and the train state), ``probe_gflops``
+  (2048^2 fp32 matmul in the same run, just before timing), ``gflop`` / ``probe_fraction``
+  (XLA's FLOP count of the step over the probe's rate);
 * the split: ``g_forward_s`` (generator forward), ``d_step_s`` (the step's own D-phase code:
   forward and parameter gradients of every sub-discriminator on real + fake, no optimizer),
   ``g_step_s`` (the rest: D on real + fake again with input gradients only, mel losses,
