@@ -35,6 +35,7 @@ def _read_audio(path: str, sample_rate: int) -> np.ndarray:
     import soundfile as sf  # noqa: PLC0415
 
     from hificodec_jax.audio_io import load_audio  # noqa: PLC0415
+    from hificodec_jax.models.codec import non_finite_message  # noqa: PLC0415
 
     try:
         info = sf.info(path)
@@ -45,8 +46,8 @@ def _read_audio(path: str, sample_rate: int) -> np.ndarray:
     if info.samplerate != sample_rate:
         _note(f"{path}: resampled from {info.samplerate} Hz to {sample_rate} Hz")
     wav = load_audio(path, sample_rate)
-    if not np.all(np.isfinite(wav)):
-        raise SystemExit(f"hificodec-jax: {path!r} contains NaN or infinite samples")
+    if message := non_finite_message(wav, repr(path)):
+        raise SystemExit(f"hificodec-jax: {message}")
     return wav
 
 

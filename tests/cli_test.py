@@ -138,6 +138,18 @@ def test_damaged_and_foreign_bitstreams_are_refused(model_dir, tmp_path):
         cli.main(["encode", str(hfc), "--model", model_dir, "--out", str(tmp_path / "x.hfc")])
 
 
+def test_audio_with_nan_samples_is_refused_by_name(model_dir, tmp_path):
+    wav = synthetic_speech(16000, 0.5)
+    wav[[700, 900, 901]] = [np.nan, np.inf, np.nan]
+    sf.write(tmp_path / "nan.wav", wav, 16000, subtype="FLOAT")
+    out = tmp_path / "nan.hfc"
+    with pytest.raises(
+        SystemExit, match=r"nan\.wav' contains NaN or .* \(3, the first at index 700\)"
+    ):
+        cli.main(["encode", str(tmp_path / "nan.wav"), "--model", model_dir, "--out", str(out)])
+    assert not out.exists()
+
+
 def test_module_entry_point_prints_help():
     import subprocess
     import sys

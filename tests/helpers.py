@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from pathlib import Path
 
@@ -17,6 +18,13 @@ DATA = Path(__file__).resolve().parent / "data"
 def config(name: str):
     """``configs/<name>.py``'s ``get_config()``."""
     return hificodec_jax.load_config(str(REPO / "configs" / f"{name}.py"))
+
+
+def xla_flags(devices: int) -> str:
+    """This session's ``XLA_FLAGS`` (see conftest) with ``devices`` simulated CPU devices, for
+    the tests' JAX subprocesses."""
+    others = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ["XLA_FLAGS"])
+    return " ".join([f"--xla_force_host_platform_device_count={devices}", *others.split()])
 
 
 def make_weights_module():

@@ -1,8 +1,17 @@
 """Two JAX processes on this machine (2 simulated CPU devices each, gloo collectives) train the
 tiny config with an FSDP-sharded state for two steps. Checked: both processes hold the same
-state; the whole state (discriminator, generator, EMA codebooks, optimizer moments) equals one
-process stepping the same global batches; the checkpoint they wrote collectively restores in
-one process; process 0's export loads.
+state; one process on the same (data 2, fsdp 2) mesh, stepping the same global batch from the
+state the two processes checkpointed after step 1, reaches their step-2 state (discriminator,
+generator, EMA codebooks, optimizer moments); the first step's k-means initialisation saw the
+global batch; the checkpoint they wrote collectively restores in one process; process 0's
+export loads.
+
+Why step 2 is compared from the run's own step-1 state: the first step initialises the
+codebooks by k-means on the batch's frames, which is chaotic under float rounding. Where the
+two layouts round differently (seen on an AMD EPYC with cheaper XLA codegen flags), cluster
+sizes came out up to 17 frames apart, codebooks 3 % of their scale, and everything downstream
+(the generator's update, its Adam moments) moved with them. From the same initialised codebooks
+the EMA step is smooth in its inputs (as in ``train_step_test``'s FSDP test).
 
 Tolerances: parameters, codebooks and the discriminator's moments agree to 1e-5 of each leaf's
 scale. The generator's Adam moments get 1e-3: XLA CPU splits the long reductions of the
@@ -24,11 +33,12 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import smooth_adam, tiny_train_config, write_clips
+from helpers import smooth_adam, tiny_train_config, write_clips, xla_flags
 
 import hificodec_jax
 from hificodec_jax import input_pipeline, sharding
 from hificodec_jax.checkpoint import Checkpointer
+from hificodec_jax.factory import hop_length
 from hificodec_jax.train import build, make_sources, with_shardings
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multiprocess_worker.py")
@@ -68,10 +78,11 @@ def _mismatches(
 
 
 def _single_process_reference(data_dir, workdir):
-    """One process with the same (data 2, fsdp 2) mesh on 4 devices stepping the same global
-    batches: process 0's rows then process 1's, as make_array_from_process_local_data lays
-    them out (the input pipelines are built exactly as each process builds its own).
-    Returns the flat state before each step and after the last, the mesh, the abstract state."""
+    """One process with the same (data 2, fsdp 2) mesh on 4 devices: the global batches the two
+    processes step on (process 0's rows then process 1's, as make_array_from_process_local_data
+    lays them out; the input pipelines are built exactly as each process builds its own), and
+    this process's own first step. Returns the batches, the flat state before and after that
+    step, the mesh, the abstract state and the step function."""
     cfg = smooth_adam(tiny_train_config(str(data_dir), STEPS))
     cfg.mesh.fsdp, cfg.mesh.fsdp_min_size = FSDP, 0
     mesh = sharding.make_mesh(jax.devices()[:4], fsdp=FSDP)
@@ -90,14 +101,15 @@ def _single_process_reference(data_dir, workdir):
         )
         for i in range(2)
     ]
-    state = init(jax.random.key(cfg.seed))
-    history = [_flat(state)]
+    batches = []
     for _ in range(STEPS):
         parts = [next(it) for it in iters]
-        batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        state, _ = step_fn(state, sharding.shard_batch(batch, mesh))
-        history.append(_flat(state))
-    return history, mesh, abstract
+        batches.append({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+    state = init(jax.random.key(cfg.seed))
+    history = [_flat(state)]
+    state, _ = step_fn(state, sharding.shard_batch(batches[0], mesh))
+    history.append(_flat(state))
+    return batches, history, mesh, abstract, step_fn
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +121,7 @@ def run(tmp_path_factory):
     write_clips(data_dir)
     env = dict(
         os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        XLA_FLAGS=xla_flags(2),
         JAX_PLATFORMS="cpu",
         JAX_COMPILATION_CACHE_DIR=str(jax.config.jax_compilation_cache_dir or ""),
     )
@@ -125,7 +137,7 @@ def run(tmp_path_factory):
     ]
     try:
         # Meanwhile (they mostly compile, a core each): the single-process reference.
-        history, mesh, abstract = _single_process_reference(data_dir, workdir)
+        batches, history, mesh, abstract, step_fn = _single_process_reference(data_dir, workdir)
         outputs = [p.communicate(timeout=900)[0].decode(errors="replace") for p in procs]
     finally:
         for p in procs:
@@ -136,7 +148,17 @@ def run(tmp_path_factory):
     ckpt = Checkpointer(str(workdir / "checkpoints"))
     shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
     restore = lambda step: _flat(ckpt.restore(with_shardings(abstract, shardings), step=step))  # noqa: E731
-    return dict(workdir=workdir, states=states, history=history, restore=restore, ckpt=ckpt)
+    # This process steps on from the state the two processes checkpointed after step STEPS - 1.
+    state = ckpt.restore(abstract, step=STEPS - 1)
+    state, _ = step_fn(state, sharding.shard_batch(batches[STEPS - 1], mesh))
+    return dict(
+        workdir=workdir,
+        states=states,
+        history=history,
+        stepped_on=_flat(state),
+        restore=restore,
+        ckpt=ckpt,
+    )
 
 
 def test_two_processes_train_and_checkpoint(run):
@@ -148,13 +170,6 @@ def test_two_processes_train_and_checkpoint(run):
     params = [k for k in s0 if "params" in k]
     moved = [k for k in params if np.any(history[0][k] != s0[k])]
     assert len(moved) > len(params) // 2  # training happened
-    # The discriminator side (params, Adam moments, spectral-norm vectors) equals the single
-    # process at every step (step 1 from the checkpoint the run kept).
-    d_side = (".d_params", ".d_opt_state", ".spectral", ".step")
-    step1 = run["restore"](1)
-    report = _mismatches(step1, history[1], history[0], 1, d_side)
-    report += _mismatches(s0, history[STEPS], history[0], STEPS, d_side)
-    assert not report, "\n".join(report)
     # The checkpoint both processes wrote (each its own shards) restores in this one process.
     assert run["ckpt"].latest_step() == STEPS
     restored = run["restore"](STEPS)
@@ -169,18 +184,41 @@ def test_two_processes_train_and_checkpoint(run):
         np.testing.assert_array_equal(np.asarray(x), s0[k], err_msg=k)
 
 
-def test_generator_and_codebooks_equal_single_process(run):
-    """The generator side (params, Adam moments) and the EMA codebooks (k-means initialised on
-    the first global batch, then EMA-updated) equal the single process at both steps."""
-    s0, history = run["states"][0], run["history"]
-    step1 = run["restore"](1)
-    report = []
-    for step, got in ((1, step1), (STEPS, s0)):
-        report += _mismatches(got, history[step], history[0], step, (".vq", ".g_params"))
-        report += _mismatches(got, history[step], history[0], step, (".g_opt_state",), rtol=1e-3)
+def test_step_from_the_runs_state_equals_single_process(run):
+    """From the state the two processes checkpointed after step 1, one step in one process gives
+    their step-2 state: discriminator (params, Adam moments, spectral-norm vectors), generator
+    (params, Adam moments) and the EMA codebook statistics (global-batch sums)."""
+    s0, got, initial = run["states"][0], run["stepped_on"], run["history"][0]
+    everything_else = tuple({k.split("[")[0] for k in s0} - {".g_opt_state"})
+    report = _mismatches(s0, got, initial, STEPS, everything_else)
+    report += _mismatches(s0, got, initial, STEPS, (".g_opt_state",), rtol=1e-3)
     assert not report, "\n".join(report)
-    # The codebooks were initialised (k-means) and moved by the EMA in both runs.
-    init_flag = [k for k in s0 if k.startswith(".vq") and k.endswith("['initialized']")]
-    assert init_flag and all(bool(s0[k]) for k in init_flag)
-    books = [k for k in s0 if k.startswith(".vq") and k.endswith("['codebooks']")]
-    assert books and all(np.any(s0[k] != history[0][k]) for k in books)
+    assert int(got[".step"]) == int(s0[".step"]) == STEPS
+    # The step moved the codebooks (EMA) and the parameters of both networks.
+    step1 = run["restore"](STEPS - 1)
+    for prefix in (".vq", ".g_params", ".d_params"):
+        keys = [k for k in s0 if k.startswith(prefix) and s0[k].dtype.kind == "f"]
+        assert keys and any(np.any(s0[k] != step1[k]) for k in keys), prefix
+
+
+def test_first_step_initialises_codebooks_on_the_global_batch(run):
+    """Step 1 initialises the codebooks by k-means on all frames of the global batch (both
+    processes' rows) in the two-process run as in one process. The EMA cluster sizes of each
+    (level, group) then sum to the global batch's frame count: k-means' sizes and the batch's
+    counts each do (no code of this batch is dead after k-means, so none is restarted). The
+    centroids themselves are chaotic in the rounding (above), so they are compared loosely: 5 %
+    of their scale, where the two runs agree to 4e-8 of 0.24 with XLA's default CPU codegen and
+    to 7e-3 with the cheaper flags the tests use on some CPUs; centroids of other frames differ
+    by the scale itself."""
+    cfg = tiny_train_config("", STEPS)
+    frames = cfg.batch_size * cfg.data.segment_size // hop_length(cfg)
+    step1, ref = run["restore"](1), run["history"][1]
+    q = ".vq['quantizer']"
+    for state in (step1, ref):
+        assert bool(state[q + "['initialized']"])
+        np.testing.assert_allclose(state[q + "['cluster_size']"].sum(-1), frames, rtol=1e-5)
+    got, want = step1[q + "['codebooks']"], ref[q + "['codebooks']"]
+    assert np.max(np.abs(got - want)) <= 0.05 * np.max(np.abs(want))
+    assert np.max(np.abs(want - run["history"][0][q + "['codebooks']"])) > 0.5 * np.max(
+        np.abs(want)
+    )  # k-means moved them from their random init

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import REPO, TRAIN_TEST_OVERRIDES, tiny_train_config, write_clips
+from helpers import REPO, TRAIN_TEST_OVERRIDES, tiny_train_config, write_clips, xla_flags
 
 import hificodec_jax
 from hificodec_jax import input_pipeline
@@ -57,7 +57,7 @@ def _sigterm_after_step(cmd, log_path, step: int) -> int:
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        XLA_FLAGS=xla_flags(8),
         JAX_COMPILATION_CACHE_DIR=str(jax.config.jax_compilation_cache_dir or ""),
     )
     with open(log_path, "wb") as log:

@@ -68,16 +68,22 @@ def check_wav(wav, hop: int, what: str = "wav"):
         raise ValueError(f"{what} must be a float array in [-1, 1], got dtype {wav.dtype}")
     if wav.shape[-1] < hop:
         raise ValueError(f"{what} has {wav.shape[-1]} samples, shorter than one hop ({hop})")
-    if _is_concrete(wav):
-        bad = np.flatnonzero(~np.isfinite(np.asarray(wav)).reshape(-1))
-        if bad.size:
-            first = np.unravel_index(bad[0], wav.shape)
-            raise ValueError(
-                f"{what} contains NaN or infinite samples ({bad.size}, the first at index "
-                f"{tuple(int(i) for i in first) if wav.ndim > 1 else int(first[0])})"
-            )
+    if _is_concrete(wav) and (message := non_finite_message(wav, what)):
+        raise ValueError(message)
     squeeze = wav.ndim == 1
     return (wav[None] if squeeze else wav), squeeze
+
+
+def non_finite_message(wav, what: str = "wav") -> str | None:
+    """None when every sample of ``wav`` (a concrete array) is finite, else an error message
+    naming ``what``, how many samples are NaN or infinite and the first one's index."""
+    wav = np.asarray(wav)
+    bad = np.flatnonzero(~np.isfinite(wav).reshape(-1))
+    if not bad.size:
+        return None
+    first = np.unravel_index(bad[0], wav.shape)
+    index = tuple(int(i) for i in first) if wav.ndim > 1 else int(first[0])
+    return f"{what} contains NaN or infinite samples ({bad.size}, the first at index {index})"
 
 
 def check_codes(codes, num_groups: int, num_levels: int, codebook_size: int):
