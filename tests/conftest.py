@@ -23,15 +23,19 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(__file__))  # tests/helpers.py
 
 # One XLA compile per distinct program for the whole session (tests build the same tiny train
-# step several times); a fresh directory per session keeps runs hermetic.
+# step several times); a fresh directory per session keeps runs hermetic. The session's
+# pytest-xdist workers (pyproject.toml) share it through the environment; the process that
+# made it removes it at exit.
 import atexit  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402
 
-_CACHE = tempfile.mkdtemp(prefix="hificodec_xla_")
-atexit.register(shutil.rmtree, _CACHE, True)
+_CACHE = os.environ.get("HIFICODEC_TEST_XLA_CACHE")
+if not _CACHE:  # the session's first process (pytest-xdist workers inherit the directory)
+    _CACHE = os.environ["HIFICODEC_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="hificodec_xla_")
+    atexit.register(shutil.rmtree, _CACHE, True)
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
