@@ -205,7 +205,9 @@ def test_first_step_initialises_codebooks_on_the_global_batch(run):
     """Step 1 initialises the codebooks by k-means on all frames of the global batch (both
     processes' rows) in the two-process run as in one process. The EMA cluster sizes of each
     (level, group) then sum to the global batch's frame count: k-means' sizes and the batch's
-    counts each do (no code of this batch is dead after k-means, so none is restarted). The
+    counts each do. A dead-code restart would lift a code below the threshold (1 frame) to it,
+    so the sum may exceed the count by less than one frame per code (none was restarted in the
+    runs seen; one process's half of the batch would give about half the count). The
     centroids themselves are chaotic in the rounding (above), so they are compared loosely: 5 %
     of their scale, where the two runs agree to 4e-8 of 0.24 with XLA's default CPU codegen and
     to 7e-3 with the cheaper flags the tests use on some CPUs; centroids of other frames differ
@@ -216,7 +218,10 @@ def test_first_step_initialises_codebooks_on_the_global_batch(run):
     q = ".vq['quantizer']"
     for state in (step1, ref):
         assert bool(state[q + "['initialized']"])
-        np.testing.assert_allclose(state[q + "['cluster_size']"].sum(-1), frames, rtol=1e-5)
+        sizes = state[q + "['cluster_size']"]
+        total = sizes.sum(-1)
+        assert np.all(total >= frames * (1 - 1e-5)), total
+        assert np.all(total < frames + sizes.shape[-1]), total
     got, want = step1[q + "['codebooks']"], ref[q + "['codebooks']"]
     assert np.max(np.abs(got - want)) <= 0.05 * np.max(np.abs(want))
     assert np.max(np.abs(want - run["history"][0][q + "['codebooks']"])) > 0.5 * np.max(
