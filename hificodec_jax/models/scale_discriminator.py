@@ -4,10 +4,11 @@ Reference: AcademiCodec ``hificodec/models.py`` (``DiscriminatorS``, ``MultiScal
 spec section 5.2). Layout is channels-last. Exact rewrites for speed on XLA CPU (spec
 performance.md, "full GAN training step"):
 
-* MSD's grouped convs run as one dense conv per group on channel slices, concatenated
-  (``split_groups=True``); XLA CPU's ``feature_group_count`` conv is ~10x slower. The kernel is
-  stored whole, ``[K, C_in/G, C_out]`` like ``feature_group_count`` expects, so both paths (and
-  checkpoint conversion) share one layout.
+* MSD's grouped convs run as one dense conv per group (``split_groups=True``), in a loop over
+  the groups with a hand-written VJP (:mod:`hificodec_jax.models.grouped_conv`); XLA CPU's
+  ``feature_group_count`` conv is ~10x slower, and unrolling the groups made MSD more than half
+  of the train step's compile. The kernel is stored whole, ``[K, C_in/G, C_out]`` like
+  ``feature_group_count`` expects, so both paths (and checkpoint conversion) share one layout.
 * MSD's strided convs (and MS-STFT's frequency-strided ones) run as stride-1 convs over a
   space-to-depth input (:mod:`hificodec_jax.models.strided_conv`): XLA CPU computes the input
   gradient of a strided conv from a zero-dilated output gradient, 3-7x slower than the forward.
@@ -63,7 +64,8 @@ def grouped_conv1d(
     """Grouped 1-D conv ``[B, T, C_in] x [K, C_in/G, C_out] -> [B, T', C_out]`` (no bias).
 
     Same result as ``lax.conv_general_dilated(..., feature_group_count=groups)``; with
-    ``split_groups`` it is computed as ``groups`` dense convs on channel slices, concatenated.
+    ``split_groups`` it is computed as ``groups`` dense convs, looped
+    (:mod:`hificodec_jax.models.grouped_conv`).
     A strided conv runs as a stride-1 conv over a space-to-depth input (exact; its backward
     pass is 2-3x faster on XLA CPU, see :mod:`hificodec_jax.models.strided_conv`).
     """
