@@ -72,7 +72,7 @@ def rss_mib() -> float:
 
 
 def cost_gflop(compiled) -> float:
-    """XLA's FLOP count of a compiled function, in GFLOP (NaN where unavailable)."""
+    """XLA's FLOP count of a compiled or lowered function, in GFLOP (NaN where unavailable)."""
     try:
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list | tuple) else cost

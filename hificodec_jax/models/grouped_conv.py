@@ -34,15 +34,23 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-__all__ = ["looped_grouped_conv"]
+__all__ = ["dimension_numbers", "looped_grouped_conv"]
+
+
+def dimension_numbers(rank: int) -> tuple[str, str, str]:
+    """Channels-last ``dimension_numbers`` for 1-D or 2-D convs (XLA CPU's canonical form)."""
+    if rank == 1:
+        return ("NWC", "WIO", "NWC")
+    if rank == 2:
+        return ("NHWC", "HWIO", "NHWC")
+    raise ValueError(f"only 1-D and 2-D convolutions are supported, got {rank} spatial axes")
 
 
 def _dense_conv(x: jax.Array, kernel: jax.Array, padding) -> jax.Array:
     """Stride-1 channels-last conv ``x [B, *S, I] x kernel [*K, I, O]`` in canonical form."""
     rank = x.ndim - 2
-    dn = ("NWC", "WIO", "NWC") if rank == 1 else ("NHWC", "HWIO", "NHWC")
     return jax.lax.conv_general_dilated(
-        x, kernel, (1,) * rank, tuple(padding), dimension_numbers=dn
+        x, kernel, (1,) * rank, tuple(padding), dimension_numbers=dimension_numbers(rank)
     )
 
 

@@ -28,17 +28,9 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from hificodec_jax.models.grouped_conv import looped_grouped_conv
+from hificodec_jax.models.grouped_conv import dimension_numbers, looped_grouped_conv
 
 __all__ = ["conv_general", "space_to_depth_conv"]
-
-
-def _dimension_numbers(rank: int) -> tuple[str, str, str]:
-    if rank == 1:
-        return ("NWC", "WIO", "NWC")
-    if rank == 2:
-        return ("NHWC", "HWIO", "NHWC")
-    raise ValueError(f"only 1-D and 2-D convolutions are supported, got {rank} spatial axes")
 
 
 def conv_general(
@@ -60,7 +52,7 @@ def conv_general(
     are unrolled on channel slices and concatenated.
     """
     rank = x.ndim - 2
-    dn = _dimension_numbers(rank)
+    dn = dimension_numbers(rank)
     dil = tuple(rhs_dilation) if rhs_dilation is not None else (1,) * rank
 
     def conv(a, w, g):
