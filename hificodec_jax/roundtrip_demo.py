@@ -22,6 +22,7 @@ from absl import logging
 
 from hificodec_jax.demo_audio import synthetic_speech
 from hificodec_jax.factory import bitrate, build_codec
+from hificodec_jax.models.layers import param_init_key
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, seconds: float = 3.0) -> dict:
@@ -31,7 +32,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, seconds: float = 3.0) -
     codec = build_codec(config)
     wav = synthetic_speech(sr, seconds)[None]
     t0 = time.perf_counter()
-    variables = jax.jit(codec.init)(jax.random.key(config.seed), wav[:, : codec.hop])
+    variables = jax.jit(codec.init)(
+        param_init_key(jax.random.key(config.seed)), wav[:, : codec.hop]
+    )
     t1 = time.perf_counter()
     codes = jax.jit(lambda v, x: codec.apply(v, x, method="encode"))(variables, wav)
     wav_hat = jax.jit(lambda v, c: codec.apply(v, c, method="decode"))(variables, codes)

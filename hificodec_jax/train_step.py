@@ -29,6 +29,7 @@ import optax
 
 from hificodec_jax import losses
 from hificodec_jax.models import discriminators
+from hificodec_jax.models.layers import param_init_key
 
 sg = jax.lax.stop_gradient
 
@@ -53,8 +54,8 @@ def create_train_state(codec: nn.Module, discs: nn.Module, tx_g, tx_d, rng, segm
     """A fresh state (jittable: use with ``jax.eval_shape`` and ``out_shardings``)."""
     k_g, k_d, k_state = jax.random.split(rng, 3)
     wav = jnp.zeros((1, segment_size), jnp.float32)
-    g_vars = codec.init(k_g, wav)
-    d_vars = discs.init(k_d, wav)
+    g_vars = codec.init(param_init_key(k_g), wav)
+    d_vars = discs.init(param_init_key(k_d), wav)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         g_params=g_vars["params"],

@@ -157,6 +157,38 @@ def test_fsdp_mesh_equals_data_parallel():
     assert int(s_fsdp.step) == 2
 
 
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+def test_initial_state_is_the_same_on_every_mesh():
+    # The initialiser draws with an unsafe_rbg key (models.layers.param_init_key, XLA's
+    # RngBitGenerator): the draws must not depend on the mesh or on FSDP's sharding. Only weight
+    # norm's g, a norm that FSDP computes as a sharded reduction, may differ (by float rounding).
+    one, eight, fsdp = (
+        jax.device_get(_built(n, f)[1](jax.random.key(0))) for n, f in [(1, 1), (8, 1), (8, 4)]
+    )
+    _assert_close(one, eight)  # exactly
+    for (path, a), b in zip(
+        jax.tree_util.tree_flatten_with_path(one)[0], jax.tree.leaves(fsdp), strict=True
+    ):
+        if "weight_g" in jax.tree_util.keystr(path):
+            np.testing.assert_allclose(a, b, rtol=1e-6, err_msg=jax.tree_util.keystr(path))
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    # The draws are torch's conv init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and no two parameter
+    # arrays share their values (one key per parameter path).
+    vs = {
+        jax.tree_util.keystr(p): np.asarray(v)
+        for p, v in jax.tree_util.tree_flatten_with_path((one.g_params, one.d_params))[0]
+        if "weight_v" in jax.tree_util.keystr(p)
+    }
+    big = max((v for k, v in vs.items() if "ups" not in k), key=np.size)  # not transposed
+    bound = 1.0 / np.sqrt(np.prod(big.shape[:-1]))  # channels-last kernels: fan_in = K * C_in
+    assert big.size > 5000 and np.abs(big).max() <= bound
+    np.testing.assert_allclose(big.std(), bound / np.sqrt(3.0), rtol=0.03)
+    assert abs(big.mean()) < 0.03 * bound
+    firsts = [v.ravel()[:8].tobytes() for v in vs.values()]
+    assert len(set(firsts)) == len(firsts) > 20
+
+
 def test_mel_loss_falls_over_thirty_steps():
     runner = Runner(1)
     batches = [_batch(seed=10 * i) for i in range(3)]  # cycled: 30 steps over 24 clips
