@@ -1,7 +1,8 @@
 """hificodec_jax: HiFi-Codec (group-residual VQ neural audio codec) in JAX/Flax.
 
 Importing the package has no side effects; the public API is loaded on first use:
-``build_codec(config)``, ``load_config(path)``, ``fold_weight_norm(params)``.
+``build_codec(config)``, ``load_config(path)``, ``fold_weight_norm(params)``,
+``param_init_key(key)``, ``load(path)``.
 """
 
 __version__ = "0.1.0"
@@ -12,6 +13,7 @@ _LAZY = {
     "bitrate": "hificodec_jax.factory",
     "hop_length": "hificodec_jax.factory",
     "fold_weight_norm": "hificodec_jax.models.layers",
+    "param_init_key": "hificodec_jax.models.layers",
     "Codec": "hificodec_jax.models.codec",
     "CodecOutput": "hificodec_jax.models.codec",
     "load": "hificodec_jax.model_io",
