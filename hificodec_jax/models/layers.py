@@ -35,11 +35,12 @@ def param_init_key(key: jax.Array) -> jax.Array:
     unrolled hash (flax folds each parameter's path into the key, then draws its values), and
     for the hundreds of arrays of ``configs/grvq4.py`` (495 in the generator alone) that made
     the jitted train-state initialiser the slowest program to compile (197 s against 65 s
-    with this key on a 2-core AMD EPYC). ``unsafe_rbg`` draws with XLA's RngBitGenerator, a single op per array;
-    its fold-ins (one per parameter: flax hashes the whole path into one 32-bit value) are
-    XORs of generator outputs. Same seed, same values on every mesh of one backend (tested);
-    the values differ across backends (the generator's algorithm is the backend's). Only the
-    initial draws use it: training's keys (k-means, dead-code restarts) stay threefry.
+    with this key on a 2-core AMD EPYC). ``unsafe_rbg`` draws with XLA's RngBitGenerator, a
+    single op per array; its fold-ins (one per parameter: flax hashes the whole path into one
+    32-bit value) are XORs of generator outputs. Same seed, same values on every mesh of one
+    backend (tested); the values may differ across backends and XLA versions (the generator's
+    algorithm is the backend's). Only the initial draws use it: training's keys (k-means,
+    dead-code restarts) stay threefry.
     """
     return jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="unsafe_rbg")
 
