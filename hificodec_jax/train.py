@@ -283,13 +283,16 @@ def compile_step(
         logging.info("compiled the %s in %.1f s", name, seconds)
         return name, compiled, seconds
 
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    try:
         futures = []
         if init is not None:
             futures.append(pool.submit(compile_timed, "init", init.lower(jax.random.key(0))))
         step_lowered = step_fn.lower(abstract, batch_spec(config, mesh))
         futures.append(pool.submit(compile_timed, "step", step_lowered))
         results = [f.result() for f in futures]
+    finally:  # an error in the step raises now, not once the initialiser has compiled
+        pool.shutdown(wait=False, cancel_futures=True)
     host_memory.release_freed_memory()
     if timings is not None:
         timings.update({name: seconds for name, _, seconds in results})

@@ -5,6 +5,7 @@ them, however it is compiled."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import jax
@@ -77,6 +78,30 @@ def test_compile_step_compiles_the_step_and_init_as_they_are_jitted():
     resumed, none = train.compile_step(step, abstract, config, mesh, timings=timings)
     assert none is None and set(timings) == {"step"}  # no init when resuming
     assert float(resumed(state, batch)[0]) == 32.0
+
+
+def test_compile_step_raises_a_step_error_without_waiting_for_the_initialiser():
+    release, compiled = threading.Event(), threading.Event()
+
+    class SlowInit:  # a jitted initialiser whose compile outlasts the step's tracing error
+        def lower(self, key):
+            return self
+
+        def compile(self):
+            release.wait(60)  # set by the test once compile_step has raised
+            compiled.set()
+
+    config = train.ml_collections.ConfigDict(
+        {"batch_size": 2, "data": {"segment_size": 8}, "mesh": {"fsdp": 1}}
+    )
+    mesh = train.sharding.make_mesh(jax.devices()[:1])
+    step = jax.jit(lambda state, batch: state + batch["no_such_key"])
+    abstract = jax.ShapeDtypeStruct((), jnp.float32)
+    with pytest.raises(KeyError, match="no_such_key"):
+        train.compile_step(step, abstract, config, mesh, init=SlowInit())
+    raised_first = not compiled.is_set()
+    release.set()
+    assert raised_first
 
 
 def test_build_step_compiles_with_the_step_options(monkeypatch):
