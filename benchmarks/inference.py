@@ -10,7 +10,7 @@ The PyTorch reference takes 5.6-8 s (RTF 0.56-0.80, 1.8 GiB peak) for the same w
 Run: python benchmarks/inference.py [--seconds 10] [--repeats 5] [--config configs/grvq4.py]
 
 ``--chunked``: 60 s of audio (``--seconds``) through the chunked long-audio path
-(``hificodec_jax.inference``) and through whole-file processing, each in its own process so
+(``hificodec_jax.codec.inference``) and through whole-file processing, each in its own process so
 that peak RSS is measured separately; prints one JSON object with both (``chunked_rtf``,
 ``whole_rtf``, ``chunked_peak_rss_mib``, ``whole_peak_rss_mib``, ``max_abs_diff``,
 ``rel_rms_diff``). Released configs run with the parity fixtures' reference-layout weights.
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import hificodec_jax
-from hificodec_jax.demo_audio import synthetic_speech
+from hificodec_jax.data.demo_audio import synthetic_speech
 from hificodec_jax.models.layers import fold_weight_norm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -161,7 +161,7 @@ def fixture_variables(config_path: str, codec):
     """Fixture weights for the released configs, else ``None``."""
     import importlib.util  # noqa: PLC0415
 
-    from hificodec_jax.convert import torch_to_flax  # noqa: PLC0415
+    from hificodec_jax.codec.convert import torch_to_flax  # noqa: PLC0415
 
     case = FIXTURE_CASES.get(os.path.basename(config_path))
     recipe = os.path.join(REPO, "tests", "data", "academicodec", "make_weights.py")
@@ -187,7 +187,7 @@ def _setup(args):
 
 def run_mode(args) -> dict:
     """One mode in this process: encode + decode once (after a warm-up), time and peak RSS."""
-    from hificodec_jax import inference  # noqa: PLC0415
+    from hificodec_jax.codec import inference  # noqa: PLC0415
 
     config, codec, variables, wav = _setup(args)
     sr = config.audio.sample_rate

@@ -1,6 +1,6 @@
 """Train-step benchmark: configs/grvq4.py, batch 4 x 16000 samples, MPD + MSD + MS-STFT.
 
-The process does what ``hificodec_jax.train`` does before its loop (compile the step ahead of
+The process does what ``hificodec_jax.training.loop`` does before its loop (compile the step ahead of
 time from the abstract state, create the state, return freed compiler memory to the OS), then
 times ``--repeats`` steps after one warm-up step. ``peak_rss_mib`` is the process's peak
 resident memory at that point: compile, init and the steps, nothing else (the split below is
@@ -43,10 +43,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from inference import cost_gflop, matmul_probe  # noqa: E402
 
 import hificodec_jax  # noqa: E402
-from hificodec_jax import factory, host_memory, losses, sharding, train  # noqa: E402
-from hificodec_jax.demo_audio import synthetic_speech  # noqa: E402
+from hificodec_jax import factory  # noqa: E402
+from hificodec_jax.data.demo_audio import synthetic_speech  # noqa: E402
 from hificodec_jax.models.discriminators import sub_discriminators  # noqa: E402
-from hificodec_jax.train_step import discriminator_gradients  # noqa: E402
+from hificodec_jax.training import host_memory, losses, sharding  # noqa: E402
+from hificodec_jax.training import loop as train
+from hificodec_jax.training.step import discriminator_gradients  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -16,7 +16,7 @@ _LAZY = {
     "param_init_key": "hificodec_jax.models.layers",
     "Codec": "hificodec_jax.models.codec",
     "CodecOutput": "hificodec_jax.models.codec",
-    "load": "hificodec_jax.model_io",
+    "load": "hificodec_jax.codec.model_io",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -34,7 +34,7 @@ def _note(msg: str) -> None:
 def _read_audio(path: str, sample_rate: int) -> np.ndarray:
     import soundfile as sf  # noqa: PLC0415
 
-    from hificodec_jax.audio_io import load_audio  # noqa: PLC0415
+    from hificodec_jax.audio.audio_io import load_audio  # noqa: PLC0415
     from hificodec_jax.models.codec import non_finite_message  # noqa: PLC0415
 
     try:
@@ -75,14 +75,14 @@ def _expand(paths: list[str]) -> list[str]:
 
 
 def cmd_convert(args) -> None:
-    from hificodec_jax.convert import convert_checkpoint  # noqa: PLC0415
+    from hificodec_jax.codec.convert import convert_checkpoint  # noqa: PLC0415
 
     out = convert_checkpoint(args.checkpoint, args.config, args.out, overwrite=args.overwrite)
     _note(f"wrote model directory {out}")
 
 
 def _load(model_dir: str):
-    from hificodec_jax import model_io  # noqa: PLC0415
+    from hificodec_jax.codec import model_io  # noqa: PLC0415
 
     codec, variables = model_io.load(model_dir)
     config = model_io.load_config_of(model_dir)
@@ -90,8 +90,8 @@ def _load(model_dir: str):
 
 
 def _encode_file(codec, variables, config, mid, path, levels, progress, exact=False):
-    from hificodec_jax.bitstream import HfcHeader  # noqa: PLC0415
-    from hificodec_jax.inference import chunked_encode  # noqa: PLC0415
+    from hificodec_jax.codec.bitstream import HfcHeader  # noqa: PLC0415
+    from hificodec_jax.codec.inference import chunked_encode  # noqa: PLC0415
 
     sr = config.audio.sample_rate
     wav = _read_audio(path, sr)
@@ -122,7 +122,7 @@ def _encode_file(codec, variables, config, mid, path, levels, progress, exact=Fa
 
 
 def _decode_codes(codec, variables, config, codes, progress):
-    from hificodec_jax.inference import chunked_decode  # noqa: PLC0415
+    from hificodec_jax.codec.inference import chunked_decode  # noqa: PLC0415
 
     return chunked_decode(
         codec, variables, codes, progress=progress, sample_rate=config.audio.sample_rate
@@ -142,7 +142,7 @@ def _encoded_inputs(args, ext: str):
 
 
 def cmd_encode(args) -> None:
-    from hificodec_jax.bitstream import write_hfc  # noqa: PLC0415
+    from hificodec_jax.codec.bitstream import write_hfc  # noqa: PLC0415
 
     for src, dst, codes, header, _ in _encoded_inputs(args, ".hfc"):
         size = write_hfc(dst, codes, header)
@@ -154,7 +154,7 @@ def cmd_encode(args) -> None:
 def cmd_decode(args) -> None:
     import soundfile as sf  # noqa: PLC0415
 
-    from hificodec_jax.bitstream import read_hfc  # noqa: PLC0415
+    from hificodec_jax.codec.bitstream import read_hfc  # noqa: PLC0415
 
     codec, variables, config, mid = _load(args.model)
     inputs = _expand(args.inputs)
@@ -179,12 +179,12 @@ def cmd_roundtrip(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from hificodec_jax import evaluation  # noqa: PLC0415
+    from hificodec_jax.codec import evaluation  # noqa: PLC0415
 
     codec, variables, config, _ = _load(args.model)
     if len(args.data) == 1 and ":" in args.data[0] and not os.path.exists(args.data[0]):
-        # TFDS ArrayRecord data prepared by hificodec_jax.corpora: DIR:SPLIT
-        from hificodec_jax.input_pipeline import ArrayRecordAudioSource  # noqa: PLC0415
+        # TFDS ArrayRecord data prepared by hificodec_jax.data.corpora: DIR:SPLIT
+        from hificodec_jax.data.input_pipeline import ArrayRecordAudioSource  # noqa: PLC0415
 
         data_dir, split = args.data[0].rsplit(":", 1)
         src = ArrayRecordAudioSource(data_dir, split, config.audio.sample_rate)

@@ -85,7 +85,7 @@ def base_config(
     config.data = ml_collections.ConfigDict(
         dict(
             dir="",  # a directory tree of audio files; empty: the built-in demo corpus
-            tfds_dir="",  # or ArrayRecord data prepared by hificodec_jax.corpora
+            tfds_dir="",  # or ArrayRecord data prepared by hificodec_jax.data.corpora
             segment_size=16000,  # ref segment_size (16k-320d)
             eval_seconds=4.0,  # ours: held-out clips are cut to this length
         )

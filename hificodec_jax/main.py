@@ -1,7 +1,7 @@
 """Entry point: ``python -m hificodec_jax.main --config=configs/grvq4.py [--workdir=DIR]``.
 
 Parses flags, joins a multi-process run when asked, and hands over to
-:func:`hificodec_jax.train.train_and_evaluate`. All logic lives in importable modules.
+:func:`hificodec_jax.training.loop.train_and_evaluate`. All logic lives in importable modules.
 Exit status 0: finished; 143: preempted (SIGTERM) after writing a checkpoint, rerun to resume.
 """
 
@@ -11,8 +11,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hificodec_jax import train
-from hificodec_jax.preemption import PREEMPTED_EXIT_CODE
+from hificodec_jax.training import loop as train
+from hificodec_jax.training.preemption import PREEMPTED_EXIT_CODE
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(

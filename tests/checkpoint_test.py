@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hificodec_jax.checkpoint import EVAL_METRIC, Checkpointer, CheckpointError
+from hificodec_jax.training.checkpoint import EVAL_METRIC, Checkpointer, CheckpointError
 
 
 def _state(seed: float):
@@ -81,7 +81,7 @@ def test_missing_checkpoint_names_the_directory(tmp_path):
 _KILLED_MID_SAVE = """
 import os, signal, sys
 import jax.numpy as jnp
-from hificodec_jax.checkpoint import Checkpointer
+from hificodec_jax.training.checkpoint import Checkpointer
 
 ckpt = Checkpointer(sys.argv[1], save_every=1)
 ckpt.save(1, {"w": jnp.full((__N__,), 1.0)})

@@ -12,9 +12,10 @@ import soundfile as sf
 from helpers import config, fast_init
 
 import hificodec_jax
-from hificodec_jax import cli, model_io
-from hificodec_jax.bitstream import CRC_SIZE, HEADER_SIZE, read_hfc
-from hificodec_jax.demo_audio import synthetic_speech
+from hificodec_jax import cli
+from hificodec_jax.codec import model_io
+from hificodec_jax.codec.bitstream import CRC_SIZE, HEADER_SIZE, read_hfc
+from hificodec_jax.data.demo_audio import synthetic_speech
 
 
 @functools.cache

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from helpers import tiny_step_config, ynn_convolutions
 
-from hificodec_jax import train
+from hificodec_jax.training import loop as train
 
 
 def _conv2d_value_and_grads(compiler_options=None):

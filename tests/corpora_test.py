@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from hificodec_jax import audio_io, corpora, input_pipeline
+from hificodec_jax.audio import audio_io
+from hificodec_jax.data import corpora, input_pipeline
 
 SR = 16000
 FAST = dict(num_threads=2, prefetch_buffer_size=4)
@@ -188,7 +189,7 @@ def test_vctk_old_layout_libritts_subsets_and_reuse(tmp_path):
     importlib.util.find_spec("espeakng_loader") is None, reason="espeakng-loader not installed"
 )
 def test_demo_corpus_speech(tmp_path):
-    from hificodec_jax import demo_corpus
+    from hificodec_jax.data import demo_corpus
 
     directory = demo_corpus.ensure_demo_corpus(tmp_path / "demo", SR, num_utterances=4)
     files = audio_io.list_audio_files(directory)
@@ -212,7 +213,7 @@ def test_demo_corpus_speech(tmp_path):
 def test_demo_corpus_without_espeak_says_what_to_do(tmp_path, monkeypatch):
     import sys
 
-    from hificodec_jax import demo_corpus
+    from hificodec_jax.data import demo_corpus
 
     monkeypatch.setitem(sys.modules, "espeakng_loader", None)  # import fails
     monkeypatch.setattr(demo_corpus, "_ENGINE", None)

@@ -20,7 +20,8 @@ import pytest
 import scipy.signal
 from helpers import config, fast_init
 
-from hificodec_jax import build_codec, evaluation
+from hificodec_jax import build_codec
+from hificodec_jax.codec import evaluation
 
 SR = 16000
 SNRS = (40, 30, 20, 10)  # dB, white noise: more noise -> lower quality

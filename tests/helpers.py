@@ -119,7 +119,7 @@ def write_clips(directory, n: int = 6) -> None:
     """``n`` short synthetic speech clips (16 kHz wav) into ``directory``."""
     import soundfile as sf
 
-    from hificodec_jax.demo_audio import synthetic_speech
+    from hificodec_jax.data.demo_audio import synthetic_speech
 
     for i in range(n):
         sf.write(

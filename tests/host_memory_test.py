@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from hificodec_jax import host_memory
+from hificodec_jax.training import host_memory
 
 GLIBC = sys.platform.startswith("linux") and host_memory._libc() is not None
 

@@ -16,7 +16,7 @@ import pytest
 from helpers import REPO, config, fast_init, noise
 
 import hificodec_jax
-from hificodec_jax import batching, inference
+from hificodec_jax.codec import batching, inference
 
 RATE = 16000
 CHUNK, CONTEXT = 300, 40  # frames: 5 s of tiny-config audio (2000 frames) has 6 seams
@@ -192,7 +192,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     import jax
     from helpers import config, fast_init, noise
     import hificodec_jax
-    from hificodec_jax.inference import chunked_encode
+    from hificodec_jax.codec.inference import chunked_encode
 
     def status(key):
         for line in open("/proc/self/status"):

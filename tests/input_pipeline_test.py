@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from hificodec_jax import audio_io, input_pipeline
+from hificodec_jax.audio import audio_io
+from hificodec_jax.data import input_pipeline
 
 SR = 16000
 SEG = 4000

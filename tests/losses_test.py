@@ -1,4 +1,4 @@
-"""Tests for ``hificodec_jax.losses``: hand-computed values, jit, gradients."""
+"""Tests for ``hificodec_jax.training.losses``: hand-computed values, jit, gradients."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hificodec_jax.losses import (
+from hificodec_jax.audio.spectral import mel_spectrogram
+from hificodec_jax.training.losses import (
     feature_matching_loss,
     hinge_discriminator_loss,
     hinge_generator_loss,
@@ -17,7 +18,6 @@ from hificodec_jax.losses import (
     reference_mel_resolutions,
     time_l1_loss,
 )
-from hificodec_jax.spectral import mel_spectrogram
 
 pytestmark = pytest.mark.filterwarnings("ignore:Empty filters detected")
 

@@ -18,9 +18,9 @@ import pytest
 from helpers import config, fast_init, noise
 
 import hificodec_jax
-from hificodec_jax import convert, model_io
-from hificodec_jax.convert import CheckpointMismatchError, flax_to_torch
-from hificodec_jax.pth_reader import CheckpointFormatError
+from hificodec_jax.codec import convert, model_io
+from hificodec_jax.codec.convert import CheckpointMismatchError, flax_to_torch
+from hificodec_jax.codec.pth_reader import CheckpointFormatError
 
 
 @functools.cache

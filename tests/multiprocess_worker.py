@@ -15,8 +15,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from helpers import smooth_adam, tiny_train_config  # noqa: E402
 
-from hificodec_jax import sharding  # noqa: E402
-from hificodec_jax.train import train_and_evaluate  # noqa: E402
+from hificodec_jax.training import sharding  # noqa: E402
+from hificodec_jax.training.loop import train_and_evaluate  # noqa: E402
 
 
 def main():

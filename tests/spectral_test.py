@@ -1,4 +1,4 @@
-"""Tests for ``hificodec_jax.spectral``.
+"""Tests for ``hificodec_jax.audio.spectral``.
 
 ``tests/data/academicodec/cases.npz`` (the AcademiCodec fixture) holds ``wav_16k_320d``, whose
 first row (``[1, 20877]``) went through the reference PyTorch ``mel_spectrogram`` to give ``mel1024_16k`` / ``mel512_16k`` / ``mel256_16k`` in the reference
@@ -16,7 +16,7 @@ import librosa
 import numpy as np
 import pytest
 
-from hificodec_jax.spectral import (
+from hificodec_jax.audio.spectral import (
     frame_signal,
     hann_window,
     mel_filterbank,

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from helpers import tiny_step_config
 
-from hificodec_jax import config_defaults, losses, sharding
-from hificodec_jax.demo_audio import synthetic_speech
+from hificodec_jax import config_defaults
+from hificodec_jax.data.demo_audio import synthetic_speech
 from hificodec_jax.models.discriminators import Discriminators, sub_discriminators
-from hificodec_jax.train import build
-from hificodec_jax.train_step import adversarial_wave_gradient, discriminator_gradients
+from hificodec_jax.training import losses, sharding
+from hificodec_jax.training.loop import build
+from hificodec_jax.training.step import adversarial_wave_gradient, discriminator_gradients
 
 
 @functools.cache

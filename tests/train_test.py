@@ -19,11 +19,11 @@ import soundfile as sf
 from helpers import REPO, TRAIN_TEST_OVERRIDES, tiny_train_config, write_clips, xla_flags
 
 import hificodec_jax
-from hificodec_jax import input_pipeline
-from hificodec_jax.checkpoint import Checkpointer
-from hificodec_jax.demo_audio import synthetic_speech
-from hificodec_jax.preemption import PREEMPTED_EXIT_CODE
-from hificodec_jax.train import train_and_evaluate
+from hificodec_jax.data import input_pipeline
+from hificodec_jax.data.demo_audio import synthetic_speech
+from hificodec_jax.training.checkpoint import Checkpointer
+from hificodec_jax.training.loop import train_and_evaluate
+from hificodec_jax.training.preemption import PREEMPTED_EXIT_CODE
 
 
 @pytest.fixture(scope="module")

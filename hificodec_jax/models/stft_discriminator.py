@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hificodec_jax.audio.spectral import hann_window, stft
 from hificodec_jax.models.layers import _torch_uniform, _WeightNormed
 from hificodec_jax.models.strided_conv import space_to_depth_conv
-from hificodec_jax.spectral import hann_window, stft
 
 STFT_LRELU_SLOPE = 0.2  # Encodec's LeakyReLU(0.2), unlike HiFi-GAN's 0.1.
 STFT_N_FFTS = (1024, 2048, 512, 256, 128)  # reference order; hop = n_fft // 4, win = n_fft

@@ -14,7 +14,7 @@ of torch state dicts (reference.md section 9). Key ``resblocks.3.convs1.2.weight
 
 Only the HiFi-GAN family has a reference layout. Arrays are numpy; nothing here runs torch.
 :func:`convert_checkpoint` turns a released ``.pth`` file into a model directory
-(:mod:`hificodec_jax.model_io`) in one call.
+(:mod:`hificodec_jax.codec.model_io`) in one call.
 """
 
 from __future__ import annotations
@@ -235,15 +235,15 @@ def convert_checkpoint(
     """A released AcademiCodec ``.pth`` -> a model directory; returns its path.
 
     ``config`` is a ConfigDict or a config file path (``configs/grvq4.py``). The ``.pth`` is
-    read by the torch-free :func:`~hificodec_jax.pth_reader.load_pth` (a truncated or damaged
+    read by the torch-free :func:`~hificodec_jax.codec.pth_reader.load_pth` (a truncated or damaged
     file raises its ``CheckpointFormatError``); the weights go through
     :func:`torch_to_flax` (a checkpoint that does not fit the config
     raises ``CheckpointMismatchError`` naming the first bad key and both shapes). A checkpoint
     without an ``encoder`` state dict gives a decoder-only model.
     """
+    from hificodec_jax.codec.model_io import save_model  # noqa: PLC0415
+    from hificodec_jax.codec.pth_reader import load_pth  # noqa: PLC0415
     from hificodec_jax.factory import build_codec, load_config  # noqa: PLC0415
-    from hificodec_jax.model_io import save_model  # noqa: PLC0415
-    from hificodec_jax.pth_reader import load_pth  # noqa: PLC0415
 
     pth_path = os.fspath(pth_path)
     if isinstance(config, str | os.PathLike):

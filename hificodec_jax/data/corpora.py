@@ -21,7 +21,7 @@ stable hash of the speaker id (SHA-1 with ``seed``), so a speaker's membership n
 the rest of the corpus; ``split_by="utterance"`` hashes utterance ids instead (used
 automatically when the corpus has a single speaker).
 
-CLI: ``python -m hificodec_jax.corpora --kind libritts --root R --out O --sample_rate 16000``
+CLI: ``python -m hificodec_jax.data.corpora --kind libritts --root R --out O --sample_rate 16000``
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from tqdm import tqdm
 
-from hificodec_jax import audio_io
+from hificodec_jax.audio import audio_io
 
 KINDS = ("libritts", "vctk", "aishell", "generic")
 
@@ -294,7 +294,7 @@ def prepare_corpus(
 
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(
-        prog="python -m hificodec_jax.corpora", description=__doc__.split("\n\n")[0]
+        prog="python -m hificodec_jax.data.corpora", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--kind", choices=KINDS, required=True)
     parser.add_argument("--root", required=True, help="your local copy of the corpus")

@@ -28,8 +28,8 @@ import grain
 import numpy as np
 from absl import logging
 
-from hificodec_jax import audio_io
-from hificodec_jax.audio_io import list_audio_files
+from hificodec_jax.audio import audio_io
+from hificodec_jax.audio.audio_io import list_audio_files
 
 __all__ = [
     "ArrayRecordAudioSource",
@@ -111,7 +111,7 @@ def find_tfds_data_dir(directory: str) -> str:
     if not found:
         raise FileNotFoundError(
             f"no prepared TFDS data (dataset_info.json) under {directory}: prepare it with "
-            "`python -m hificodec_jax.corpora --kind ... --root ... --out ...`"
+            "`python -m hificodec_jax.data.corpora --kind ... --root ... --out ...`"
         )
     parents = {os.fspath(d.parent) for d in found}
     if len(parents) > 1:
@@ -121,7 +121,7 @@ def find_tfds_data_dir(directory: str) -> str:
 
 
 class ArrayRecordAudioSource:
-    """One split of ArrayRecord data prepared by :mod:`hificodec_jax.corpora` (or any TFDS
+    """One split of ArrayRecord data prepared by :mod:`hificodec_jax.data.corpora` (or any TFDS
     dataset with an int16 ``audio`` Tensor feature): ``source[i]`` is float32 ``[T]``.
 
     ``data_dir`` is the version directory ``prepare_corpus`` returns or any directory above it.

@@ -17,7 +17,7 @@ file is reported without orbax), then recomputes the id and refuses arrays that 
     codec, variables = hificodec_jax.load("models/hificodec-16k")
     codes = codec.apply(variables, wav, method="encode")
 
-:func:`hificodec_jax.convert.convert_checkpoint` turns a released AcademiCodec ``.pth`` (read
+:func:`hificodec_jax.codec.convert.convert_checkpoint` turns a released AcademiCodec ``.pth`` (read
 without torch) into such a directory. A checkpoint without an ``encoder`` state dict becomes a
 decoder-only model: it stores no encoder weights, decodes as usual, and its codec raises
 :class:`MissingEncoderError` from ``encode``/``encode_latent``/``__call__``.

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 import jax
 import numpy as np
 
-from hificodec_jax.inference import check_wav_1d, decode_fn, encode_fn
+from hificodec_jax.codec.inference import check_wav_1d, decode_fn, encode_fn
 from hificodec_jax.models.codec import Codec, check_codes
 
 __all__ = ["bucket", "decode_batch", "encode_batch"]

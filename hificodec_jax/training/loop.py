@@ -21,12 +21,14 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from hificodec_jax import factory, host_memory, input_pipeline, losses, optim, sharding
-from hificodec_jax.checkpoint import EVAL_METRIC, Checkpointer
-from hificodec_jax.metric_writer import MetricWriter, Progress
-from hificodec_jax.preemption import PreemptionWatcher
-from hificodec_jax.spectral import mel_spectrogram
-from hificodec_jax.train_step import TrainState, create_train_state, make_train_step
+from hificodec_jax import factory
+from hificodec_jax.audio.spectral import mel_spectrogram
+from hificodec_jax.data import input_pipeline
+from hificodec_jax.training import host_memory, losses, optim, sharding
+from hificodec_jax.training.checkpoint import EVAL_METRIC, Checkpointer
+from hificodec_jax.training.metric_writer import MetricWriter, Progress
+from hificodec_jax.training.preemption import PreemptionWatcher
+from hificodec_jax.training.step import TrainState, create_train_state, make_train_step
 
 # ----------------------------------------------------------------------------------------------
 # Data
@@ -35,8 +37,8 @@ from hificodec_jax.train_step import TrainState, create_train_state, make_train_
 
 def make_sources(config: ml_collections.ConfigDict, workdir: str):
     """(train source, held-out source) from ``config.data``; the demo corpus when unset."""
-    from hificodec_jax import input_pipeline  # noqa: PLC0415  (grain/tfds only when training)
-    from hificodec_jax.audio_io import list_audio_files  # noqa: PLC0415
+    from hificodec_jax.audio.audio_io import list_audio_files  # noqa: PLC0415
+    from hificodec_jax.data import input_pipeline  # noqa: PLC0415  (grain/tfds only when training)
 
     sr = config.audio.sample_rate
     if config.data.tfds_dir:
@@ -46,7 +48,7 @@ def make_sources(config: ml_collections.ConfigDict, workdir: str):
         )
     directory = config.data.dir
     if not directory:
-        from hificodec_jax.demo_corpus import ensure_demo_corpus  # noqa: PLC0415
+        from hificodec_jax.data.demo_corpus import ensure_demo_corpus  # noqa: PLC0415
 
         directory = ensure_demo_corpus(os.path.join(workdir, "demo_corpus"), sr)
         logging.info("no dataset configured: training on the built-in demo corpus %s", directory)
@@ -238,7 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     # sharded state is collective (every process); process 0 writes.
     variables = sharding.to_host({"params": state.g_params, "vq": state.vq})
     if jax.process_index() == 0:
-        from hificodec_jax.model_io import save_model  # noqa: PLC0415
+        from hificodec_jax.codec.model_io import save_model  # noqa: PLC0415
 
         if not variables["vq"]:
             del variables["vq"]

@@ -35,7 +35,7 @@ Long files (:func:`chunked_encode`, :func:`chunked_decode`)
       GroupNorm's whole-file statistics in ``N + 1`` passes (``N`` GroupNorm layers; 12 for
       the released models) and then equals whole-file encoding up to float rounding.
 
-Batches of clips: :mod:`hificodec_jax.batching`.
+Batches of clips: :mod:`hificodec_jax.codec.batching`.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from hificodec_jax.spectral import mel_spectrogram
+from hificodec_jax.audio.spectral import mel_spectrogram
 
 __all__ = [
     "feature_matching_loss",

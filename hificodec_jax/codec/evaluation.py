@@ -10,7 +10,7 @@ Metric functions take 1-D numpy float arrays of equal length (reference first) a
   [lattice]``; MOS-LQO 1..~4.7) at 16 kHz. The polynomial fallback over-predicts on degraded
   speech, so without the lattice runtime this returns NaN rather than a different scale.
 * :func:`mel_distance` mean absolute difference of natural-log mel spectrograms (80 mels,
-  n_fft 1024, hop 256, Hann 1024, :func:`hificodec_jax.spectral.mel_spectrogram`); 0 is equal.
+  n_fft 1024, hop 256, Hann 1024, :func:`hificodec_jax.audio.spectral.mel_spectrogram`); 0 is equal.
   ``loudness_normalize=True`` first scales each signal to the same RMS (-20 dBFS; RMS, not LUFS),
   so a pure gain change costs nothing.
 * :func:`si_sdr` scale-invariant SDR in dB (zero-mean signals by default).
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hificodec_jax.audio_io import load_audio, resample  # noqa: F401  (re-exported)
+from hificodec_jax.audio.audio_io import load_audio, resample  # noqa: F401  (re-exported)
 
 _WARNED: set[str] = set()  # optional packages already reported missing
 _LOUDNESS_RMS = 0.1  # -20 dBFS, target RMS of mel_distance(loudness_normalize=True)
@@ -115,7 +115,7 @@ def mel_distance(ref, deg, sr: int, *, loudness_normalize: bool) -> float:
     """
     import jax.numpy as jnp  # noqa: PLC0415
 
-    from hificodec_jax.spectral import mel_spectrogram  # noqa: PLC0415
+    from hificodec_jax.audio.spectral import mel_spectrogram  # noqa: PLC0415
 
     ref, deg = _pair(ref, deg)
     if loudness_normalize:

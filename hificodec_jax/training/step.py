@@ -27,9 +27,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from hificodec_jax import losses
 from hificodec_jax.models import discriminators
 from hificodec_jax.models.layers import param_init_key
+from hificodec_jax.training import losses
 
 sg = jax.lax.stop_gradient
 

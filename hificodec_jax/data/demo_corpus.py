@@ -129,7 +129,7 @@ class _Engine:
                 "the built-in demo corpus needs eSpeak NG from the `espeakng-loader` wheel "
                 f"({type(error).__name__}: {error}). Install it (pip install espeakng-loader) "
                 "or train on your own audio: --config.data.dir=/path/to/audio (a directory of "
-                "wav/flac files) or --config.data.tfds_dir=... (see hificodec_jax.corpora)."
+                "wav/flac files) or --config.data.tfds_dir=... (see hificodec_jax.data.corpora)."
             ) from error
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
@@ -203,7 +203,7 @@ def speakers(num: int = 24, seed: int = 0) -> list[dict]:
 
 def synthesize(index: int, sample_rate: int, seed: int = 0) -> tuple[str, np.ndarray]:
     """Utterance ``index`` of the corpus: ``(speaker name, float32 [T] at sample_rate)``."""
-    from hificodec_jax import audio_io  # noqa: PLC0415
+    from hificodec_jax.audio import audio_io  # noqa: PLC0415
 
     spk_list = speakers(seed=seed)
     spk = spk_list[index % len(spk_list)]
