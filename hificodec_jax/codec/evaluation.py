@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from hificodec_jax.audio.audio_io import load_audio, resample  # noqa: F401  (re-exported)
+from hificodec_jax.models.quantizer import codebook_perplexity
 
 _WARNED: set[str] = set()  # optional packages already reported missing
 _LOUDNESS_RMS = 0.1  # -20 dBFS, target RMS of mel_distance(loudness_normalize=True)
@@ -255,8 +256,6 @@ def evaluate(
                 warnings.warn(f"{m} failed on {name}: {e!r}; NaN", stacklevel=2)
                 row[m] = math.nan
         rows.append(row)
-    p = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    entropy = -np.sum(p * np.log(np.where(p > 0, p, 1.0)), axis=1)
     used = (counts > 0).sum(axis=1)
     return {
         "sample_rate": int(sample_rate),
@@ -272,7 +271,7 @@ def evaluate(
             "counts": counts.tolist(),
             "used": used.tolist(),
             "usage": (used / q.codebook_size).tolist(),
-            "perplexity": np.exp(entropy).tolist(),
+            "perplexity": codebook_perplexity(counts).tolist(),
         },
     }
 

@@ -27,6 +27,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 sg = jax.lax.stop_gradient
 
@@ -60,13 +61,23 @@ def lookup(codebook: jax.Array, idx: jax.Array) -> jax.Array:
     )
 
 
+def codebook_perplexity(counts: jax.Array) -> jax.Array:
+    """``counts [..., K]`` (code histogram) -> ``exp(entropy)`` of the usage distribution ``[...]``.
+
+    Works on numpy and jax arrays alike (``xp`` follows the input); an empty histogram gives 1.
+    """
+    xp = np if isinstance(counts, np.ndarray) else jnp
+    p = counts / xp.maximum(xp.sum(counts, axis=-1, keepdims=True), 1.0)
+    entropy = -xp.sum(xp.where(p > 0, p * xp.log(xp.where(p > 0, p, 1.0)), 0.0), axis=-1)
+    return xp.exp(entropy)
+
+
 def usage_stats(codes: jax.Array, weight: jax.Array, k: int):
     """``codes [N, C]`` with ``weight [N]`` -> counts ``[C, K]``, perplexity ``[C]``, dead ``[C]``."""
     onehot = jax.nn.one_hot(codes, k, dtype=jnp.float32) * weight[:, None, None]
     counts = jnp.sum(onehot, axis=0)
-    p = counts / jnp.maximum(jnp.sum(counts, axis=-1, keepdims=True), 1.0)
-    entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
-    return counts, jnp.exp(entropy), jnp.sum(counts == 0, axis=-1).astype(jnp.int32)
+    dead = jnp.sum(counts == 0, axis=-1).astype(jnp.int32)
+    return counts, codebook_perplexity(counts), dead
 
 
 def kmeans(x: jax.Array, weight: jax.Array, rng: jax.Array, k: int, iters: int):

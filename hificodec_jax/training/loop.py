@@ -24,6 +24,7 @@ from etils import epath
 from hificodec_jax import factory
 from hificodec_jax.audio.spectral import mel_spectrogram
 from hificodec_jax.data import input_pipeline
+from hificodec_jax.models.quantizer import codebook_perplexity
 from hificodec_jax.training import host_memory, losses, optim, sharding
 from hificodec_jax.training.checkpoint import EVAL_METRIC, Checkpointer
 from hificodec_jax.training.metric_writer import MetricWriter, Progress
@@ -104,8 +105,7 @@ def evaluate(eval_step, state: TrainState, eval_batches, writer, step: int, samp
             first = tuple(np.asarray(x)[0] for x in (batch["wav"], wav_hat, m, m_hat))
     if counts is None:
         return {}
-    p = counts / np.maximum(counts.sum(-1, keepdims=True), 1)
-    ppl = np.exp(-np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0), axis=-1))
+    ppl = codebook_perplexity(counts)
     metrics = {
         EVAL_METRIC: l1_sum / max(frames, 1.0),
         "eval/dead_codes": float((counts == 0).sum()),
