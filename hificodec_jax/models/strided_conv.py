@@ -18,6 +18,12 @@ samples,
 
 a valid stride-1 convolution with ``J`` taps over ``s`` times the channels. Grouped convs keep
 their group structure: the phases are placed inside each group's channel block.
+
+These rewrites (and the looped grouped convs of :mod:`~hificodec_jax.models.grouped_conv`) are
+for XLA CPU only: :func:`space_to_depth_conv` chooses the form inside the traced program
+(``lax.platform_dependent``), so a program lowered for GPU or TPU, or exported for several
+platforms at once, uses XLA's native strided and grouped convolutions (window strides,
+``feature_group_count``) there, which those backends run well.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import jax.numpy as jnp
 
 from hificodec_jax.models.grouped_conv import dimension_numbers, looped_grouped_conv
 
-__all__ = ["conv_general", "space_to_depth_conv"]
+__all__ = ["conv_general", "native_conv", "space_to_depth_conv"]
 
 
 def conv_general(
@@ -78,6 +84,27 @@ def conv_general(
     return jnp.concatenate(outs, axis=-1)
 
 
+def native_conv(
+    x: jax.Array,
+    kernel: jax.Array,
+    strides: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    rhs_dilation: Sequence[int] | None = None,
+    groups: int = 1,
+) -> jax.Array:
+    """XLA's own channels-last strided / grouped conv (the form used off CPU)."""
+    rank = x.ndim - 2
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        tuple(strides),
+        tuple(tuple(p) for p in padding),
+        rhs_dilation=tuple(rhs_dilation) if rhs_dilation is not None else None,
+        dimension_numbers=dimension_numbers(rank),
+        feature_group_count=groups,
+    )
+
+
 def space_to_depth_conv(
     x: jax.Array,
     kernel: jax.Array,
@@ -87,21 +114,45 @@ def space_to_depth_conv(
     groups: int = 1,
     split_groups: bool = True,
 ) -> jax.Array:
-    """:func:`conv_general` with every stride folded into channels (see the module docstring).
+    """Channels-last conv, in the form that runs best on the platform it is compiled for.
 
-    Same output (to float rounding) for any strides; a strided axis must have dilation 1.
-    Axes with stride 1 keep their padding and dilation.
+    Same function as ``lax.conv_general_dilated(..., feature_group_count=groups)`` (to float
+    rounding). On CPU: :func:`conv_general` with every stride folded into channels (see the
+    module docstring; a strided axis must have dilation 1, axes with stride 1 keep their
+    padding and dilation) and, with ``split_groups``, the groups looped. On every other
+    platform: :func:`native_conv`. The choice is made per platform when the program is
+    lowered (``lax.platform_dependent``); a conv whose CPU form is the native one is not
+    wrapped.
     """
     rank = x.ndim - 2
     strides = tuple(strides)
+    padding = tuple(tuple(int(v) for v in p) for p in padding)
     dil = tuple(rhs_dilation) if rhs_dilation is not None else (1,) * rank
     if len(strides) != rank or len(padding) != rank or len(dil) != rank:
         raise ValueError(f"strides/padding/dilation must have {rank} entries")
     strided = [a for a in range(rank) if strides[a] > 1]
-    if not strided:
-        return conv_general(x, kernel, strides, padding, dil, groups, split_groups)
     if any(dil[a] != 1 for a in strided):
         raise ValueError("a strided axis must have dilation 1")
+    for a in strided:
+        length, k, (lo, hi) = x.shape[1 + a], kernel.shape[a], padding[a]
+        if length + lo + hi < k:
+            raise ValueError(f"input too short along axis {a}: {length} < kernel {k}")
+    if not strided and (groups == 1 or not split_groups):
+        return native_conv(x, kernel, strides, padding, dil, groups)
+    return jax.lax.platform_dependent(
+        x,
+        kernel,
+        cpu=lambda x, k: _cpu_conv(x, k, strides, padding, dil, groups, split_groups),
+        default=lambda x, k: native_conv(x, k, strides, padding, dil, groups),
+    )
+
+
+def _cpu_conv(x, kernel, strides, padding, dil, groups, split_groups) -> jax.Array:
+    """The CPU form: space-to-depth along strided axes, then :func:`conv_general`."""
+    rank = x.ndim - 2
+    strided = [a for a in range(rank) if strides[a] > 1]
+    if not strided:
+        return conv_general(x, kernel, strides, padding, dil, groups, split_groups)
     c_in, g = x.shape[-1], groups
     ci = c_in // g
     new_padding = list(tuple(p) for p in padding)
@@ -111,8 +162,6 @@ def space_to_depth_conv(
         s, k, (lo, hi) = strides[a], kernel.shape[a], padding[a]
         length = x.shape[1 + a]
         out_len = (length + lo + hi - k) // s + 1
-        if out_len < 1:
-            raise ValueError(f"input too short along axis {a}: {length} < kernel {k}")
         taps[a] = -(-k // s)
         x_len[a] = s * (out_len + taps[a] - 1)
         x_pad[1 + a] = (lo, max(x_len[a] - length - lo, 0))
