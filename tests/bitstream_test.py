@@ -14,6 +14,7 @@ import pytest
 from hificodec_jax.codec.bitstream import (
     CRC_SIZE,
     HEADER_SIZE,
+    HEADER_SIZES,
     BitstreamError,
     HfcHeader,
     decode_bitstream,
@@ -30,7 +31,8 @@ MODEL_ID = bytes(range(16))
 def _header(**overrides) -> HfcHeader:
     fields = dict(
         sample_rate=16000, hop=320, num_groups=2, num_levels=4, levels_used=1,
-        codebook_size=1024, model_id=MODEL_ID, num_frames=3, original_length=900,
+        codebook_size=1024, model_id=MODEL_ID, num_frames=3, original_length=450,
+        original_sample_rate=8000,
     )  # fmt: skip
     fields.update(overrides)
     return HfcHeader(**fields)
@@ -42,19 +44,30 @@ GOLDEN_CODES = np.array([[1023, 0], [512, 1], [5, 6]])
 GOLDEN_PAYLOAD = bytes([0xFF, 0xC0, 0x08, 0x00, 0x01, 0x01, 0x40, 0x60])
 GOLDEN_HEADER = (
     b"HFC1"
-    + bytes([1])  # version
+    + bytes([2])  # version
     + (16000).to_bytes(4, "little")  # sample_rate
     + (320).to_bytes(4, "little")  # hop
     + bytes([2, 4, 1])  # num_groups, num_levels, levels_used
     + (1024).to_bytes(4, "little")  # codebook_size
     + MODEL_ID
     + (3).to_bytes(8, "little")  # num_frames
-    + (900).to_bytes(8, "little")  # original_length
+    + (450).to_bytes(8, "little")  # original_length (at original_sample_rate)
+    + (8000).to_bytes(4, "little")  # original_sample_rate
 )
 GOLDEN_FILE = (
     GOLDEN_HEADER
     + GOLDEN_PAYLOAD
     + zlib.crc32(GOLDEN_HEADER + GOLDEN_PAYLOAD).to_bytes(4, "little")
+)
+# The same codes in format version 1 (no original_sample_rate; original_length at 16 kHz), as
+# written before version 2: still read.
+GOLDEN_HEADER_V1 = (
+    GOLDEN_HEADER[:4] + bytes([1]) + GOLDEN_HEADER[5:44] + (900).to_bytes(8, "little")
+)
+GOLDEN_FILE_V1 = (
+    GOLDEN_HEADER_V1
+    + GOLDEN_PAYLOAD
+    + zlib.crc32(GOLDEN_HEADER_V1 + GOLDEN_PAYLOAD).to_bytes(4, "little")
 )
 
 
@@ -114,13 +127,34 @@ def test_golden_file_bytes():
     header = _header()
     assert header.bits_per_code == 10 and header.num_streams == 2
     assert header.payload_size == 8  # ceil(3 * 2 * 10 / 8)
-    assert header.file_size == len(GOLDEN_FILE) == 52 + 8 + 4 == 64
-    assert HEADER_SIZE == 52 and CRC_SIZE == 4
+    assert header.file_size == len(GOLDEN_FILE) == 56 + 8 + 4 == 68
+    assert HEADER_SIZE == 56 and CRC_SIZE == 4 and HEADER_SIZES == {1: 52, 2: 56}
     assert encode_bitstream(GOLDEN_CODES, header) == GOLDEN_FILE
     codes, decoded = decode_bitstream(GOLDEN_FILE)
     assert decoded == header
     assert codes.dtype == np.int32 and codes.shape == (3, 2)
     np.testing.assert_array_equal(codes, GOLDEN_CODES)
+
+
+def test_version_1_file_still_decodes(tmp_path):
+    assert len(GOLDEN_FILE_V1) == 52 + 8 + 4
+    codes, header = decode_bitstream(GOLDEN_FILE_V1, expect_model_id=MODEL_ID)
+    # Version 1 had no original_sample_rate: its original_length is at the model's rate.
+    assert header == _header(original_length=900, original_sample_rate=16000)
+    assert header.original_sample_rate == header.sample_rate == 16000
+    np.testing.assert_array_equal(codes, GOLDEN_CODES)
+    (tmp_path / "old.hfc").write_bytes(GOLDEN_FILE_V1)
+    np.testing.assert_array_equal(read_hfc(tmp_path / "old.hfc")[0], GOLDEN_CODES)
+    # Re-encoding writes the current version, with the original rate made explicit.
+    assert encode_bitstream(codes, header)[4] == 2
+    assert decode_bitstream(encode_bitstream(codes, header))[1] == header
+
+
+def test_original_sample_rate_defaults_to_the_model_rate():
+    header = HfcHeader(16000, 320, 2, 4, 1, 1024, MODEL_ID, 3, 960)
+    assert header.original_sample_rate == 16000
+    with pytest.raises(BitstreamError, match="original_sample_rate"):
+        _header(original_sample_rate=0)
 
 
 @pytest.mark.parametrize("codebook_size", [1024, 64, 2, 1 << 16])
@@ -157,7 +191,7 @@ def test_ten_minutes_at_2kbps():
     data = encode_bitstream(codes, header)
     decoded, _ = decode_bitstream(data)
     elapsed = time.perf_counter() - start
-    assert len(data) == 2000 * 600 // 8 + HEADER_SIZE + CRC_SIZE == 150_056
+    assert len(data) == 2000 * 600 // 8 + HEADER_SIZE + CRC_SIZE == 150_060
     np.testing.assert_array_equal(decoded, codes)
     assert elapsed < 1.0, f"encode + decode took {elapsed:.3f} s"
 
@@ -165,10 +199,11 @@ def test_ten_minutes_at_2kbps():
 # ---------------------------------------------------------------------------- damaged input
 
 
-def test_every_single_byte_corruption_is_detected():
-    for i in range(len(GOLDEN_FILE)):
+@pytest.mark.parametrize("golden", [GOLDEN_FILE, GOLDEN_FILE_V1], ids=["v2", "v1"])
+def test_every_single_byte_corruption_is_detected(golden):
+    for i in range(len(golden)):
         for mask in (0xFF, *(1 << b for b in range(8))):
-            damaged = bytearray(GOLDEN_FILE)
+            damaged = bytearray(golden)
             damaged[i] ^= mask
             with pytest.raises(BitstreamError):
                 decode_bitstream(bytes(damaged))
@@ -181,10 +216,11 @@ def test_payload_corruption_reports_damage():
         decode_bitstream(bytes(damaged))
 
 
-def test_truncation_at_every_length_is_detected():
-    for n in range(len(GOLDEN_FILE)):
+@pytest.mark.parametrize("golden", [GOLDEN_FILE, GOLDEN_FILE_V1], ids=["v2", "v1"])
+def test_truncation_at_every_length_is_detected(golden):
+    for n in range(len(golden)):
         with pytest.raises(BitstreamError, match="truncated"):
-            decode_bitstream(GOLDEN_FILE[:n])
+            decode_bitstream(golden[:n])
 
 
 @pytest.mark.parametrize("extra", [b"\x00", b"junk", GOLDEN_FILE])
@@ -204,8 +240,8 @@ def test_foreign_file_is_refused():
 
 def test_unsupported_version_is_refused():
     body = bytearray(GOLDEN_FILE[:-4])
-    body[4] = 2
-    with pytest.raises(BitstreamError, match="unsupported .hfc version 2"):
+    body[4] = 3
+    with pytest.raises(BitstreamError, match="unsupported .hfc version 3"):
         decode_bitstream(_with_crc(bytes(body)))
 
 
@@ -277,7 +313,7 @@ def test_encode_rejects_bad_codes():
 def test_write_is_atomic_and_overwrites(tmp_path):
     path = tmp_path / "out.hfc"
     path.write_bytes(b"old contents")
-    assert write_hfc(path, GOLDEN_CODES, _header()) == 64
+    assert write_hfc(path, GOLDEN_CODES, _header()) == 68
     assert path.read_bytes() == GOLDEN_FILE
     assert os.listdir(tmp_path) == ["out.hfc"]  # no temp file left behind
     with pytest.raises(BitstreamError):
@@ -287,4 +323,19 @@ def test_write_is_atomic_and_overwrites(tmp_path):
     codes, header = read_hfc(str(path))
     assert header == _header()
     np.testing.assert_array_equal(codes, GOLDEN_CODES)
-    assert dataclasses.replace(header, num_frames=0).file_size == 56
+    assert dataclasses.replace(header, num_frames=0).file_size == 60
+
+
+def test_file_errors_name_the_file(tmp_path):
+    path = tmp_path / "short.hfc"
+    path.write_bytes(GOLDEN_FILE[:40])
+    with pytest.raises(BitstreamError, match=r"short\.hfc: truncated \.hfc file \(40 bytes"):
+        read_hfc(path)
+    (tmp_path / "a.wav").write_bytes(b"RIFF" + bytes(60))
+    with pytest.raises(BitstreamError, match=r"a\.wav: not a \.hfc file"):
+        read_hfc(tmp_path / "a.wav")
+    with pytest.raises(FileNotFoundError, match=r"no such file: .*missing\.hfc"):
+        read_hfc(tmp_path / "missing.hfc")
+    with pytest.raises(FileNotFoundError, match=r"cannot write .*nodir.x\.hfc: no such directory"):
+        write_hfc(tmp_path / "nodir" / "x.hfc", GOLDEN_CODES, _header())
+    assert sorted(os.listdir(tmp_path)) == ["a.wav", "short.hfc"]

@@ -1,30 +1,35 @@
 """The ``.hfc`` bitstream: HiFi-Codec codes on disk.
 
-A ``.hfc`` file (format version 1) is a fixed 52-byte header, the bit-packed codes, then a
+A ``.hfc`` file (format version 2) is a fixed 56-byte header, the bit-packed codes, then a
 CRC32.  All integers are little-endian and unsigned; there is no padding between fields.
 
-======  ====  ====  =================  =======================================================
-offset  size  type  field              meaning
-======  ====  ====  =================  =======================================================
-0       4     a4    magic              ``b"HFC1"``
-4       1     u8    version            format version, ``1``
-5       4     u32   sample_rate        Hz, > 0
-9       4     u32   hop                samples per frame, > 0
-13      1     u8    num_groups (G)     codebook groups per level, 1..255
-14      1     u8    num_levels (R)     residual levels the model has, 1..255
-15      1     u8    levels_used (L)    residual levels stored, 1..R
-16      4     u32   codebook_size (K)  entries per codebook: a power of two, >= 2
-20      16    a16   model_id           opaque id of the weights (e.g. sha256(weights)[:16])
-36      8     u64   num_frames (F)     frames stored, >= 0
-44      8     u64   original_length    samples of the input before framing, >= 0
-52      P     bits  payload            ``F * L * G`` codes of ``b = log2(K)`` bits each
-52+P    4     u32   crc32              ``zlib.crc32`` of bytes ``[0, 52 + P)``
-======  ====  ====  =================  =======================================================
+======  ====  ====  =====================  ===================================================
+offset  size  type  field                  meaning
+======  ====  ====  =====================  ===================================================
+0       4     a4    magic                  ``b"HFC1"``
+4       1     u8    version                format version, ``2``
+5       4     u32   sample_rate            the model's rate (Hz) the codes are at, > 0
+9       4     u32   hop                    samples per frame, > 0
+13      1     u8    num_groups (G)         codebook groups per level, 1..255
+14      1     u8    num_levels (R)         residual levels the model has, 1..255
+15      1     u8    levels_used (L)        residual levels stored, 1..R
+16      4     u32   codebook_size (K)      entries per codebook: a power of two, >= 2
+20      16    a16   model_id               opaque id of the weights (e.g. sha256(weights)[:16])
+36      8     u64   num_frames (F)         frames stored, >= 0
+44      8     u64   original_length        samples of the input, at ``original_sample_rate``
+52      4     u32   original_sample_rate   the input's own rate (Hz), > 0
+56      P     bits  payload                ``F * L * G`` codes of ``b = log2(K)`` bits each
+56+P    4     u32   crc32                  ``zlib.crc32`` of bytes ``[0, 56 + P)``
+======  ====  ====  =====================  ===================================================
+
+Version 1 (still read) is the same without ``original_sample_rate``: a 52-byte header whose
+``original_length`` counts samples at ``sample_rate``; it reads as
+``original_sample_rate == sample_rate``.
 
 Payload: ``P = ceil(F * L * G * b / 8)`` bytes.  The codes array ``[F, L*G]`` (streams in
 level-major order ``r0g0, r0g1, ..., r1g0, ...``) is read frame-major (C order) and each code is
 written as ``b`` bits, most significant bit first, into a continuous big-endian bit string;
-the last byte is padded with zero bits.  The file is exactly ``52 + P + 4`` bytes long.
+the last byte is padded with zero bits.  The file is exactly ``56 + P + 4`` bytes long.
 Example: codes ``[1, 2]`` with ``b = 2`` pack to the single byte ``0b01100000``.
 
 Bit rate: ``L * G * b * sample_rate / hop`` bit/s (16 kHz, hop 320, 4 streams, K = 1024:
@@ -44,14 +49,16 @@ import zlib
 import numpy as np
 
 __all__ = [
-    "BitstreamError", "CRC_SIZE", "HEADER_SIZE", "HfcHeader", "MAGIC", "VERSION", "decode_bitstream",
-    "encode_bitstream", "pack_codes", "read_hfc", "unpack_codes", "write_hfc",
+    "BitstreamError", "CRC_SIZE", "HEADER_SIZE", "HEADER_SIZES", "HfcHeader", "MAGIC", "VERSION",
+    "decode_bitstream", "encode_bitstream", "pack_codes", "read_hfc", "unpack_codes", "write_hfc",
 ]  # fmt: skip
 
 MAGIC = b"HFC1"
-VERSION = 1
-_HEADER = struct.Struct("<4sBIIBBBI16sQQ")  # magic, version, then HfcHeader's fields
-HEADER_SIZE = _HEADER.size  # 52
+VERSION = 2
+# magic, version, then HfcHeader's fields in order; version 1 lacks original_sample_rate.
+_HEADERS = {1: struct.Struct("<4sBIIBBBI16sQQ"), 2: struct.Struct("<4sBIIBBBI16sQQI")}
+HEADER_SIZES = {v: h.size for v, h in _HEADERS.items()}  # {1: 52, 2: 56}
+HEADER_SIZE = HEADER_SIZES[VERSION]
 CRC_SIZE = 4
 _CRC = struct.Struct("<I")
 
@@ -64,7 +71,7 @@ _U8, _U32, _U64 = 2**8 - 1, 2**32 - 1, 2**64 - 1
 _LIMITS = {  # field: (min, max); levels_used is also checked against num_levels
     "sample_rate": (1, _U32), "hop": (1, _U32), "num_groups": (1, _U8), "num_levels": (1, _U8),
     "levels_used": (1, _U8), "codebook_size": (2, _U32), "num_frames": (0, _U64),
-    "original_length": (0, _U64),
+    "original_length": (0, _U64), "original_sample_rate": (1, _U32),
 }  # fmt: skip
 
 
@@ -80,9 +87,12 @@ class HfcHeader:
     codebook_size: int
     model_id: bytes  # 16 bytes
     num_frames: int
-    original_length: int  # samples of the input before framing
+    original_length: int  # samples of the input, at original_sample_rate
+    original_sample_rate: int | None = None  # the input's rate; None: sample_rate
 
     def __post_init__(self) -> None:
+        if self.original_sample_rate is None:
+            object.__setattr__(self, "original_sample_rate", self.sample_rate)
         for name, (lo, hi) in _LIMITS.items():
             try:
                 value = operator.index(getattr(self, name))
@@ -113,6 +123,7 @@ class HfcHeader:
 
     @property
     def file_size(self) -> int:
+        """Bytes of the file in the current format version."""
         return HEADER_SIZE + self.payload_size + CRC_SIZE
 
     @property
@@ -121,7 +132,8 @@ class HfcHeader:
         return self.num_streams * self.bits_per_code * self.sample_rate / self.hop
 
     def to_bytes(self) -> bytes:
-        return _HEADER.pack(MAGIC, VERSION, *dataclasses.astuple(self))
+        """The header in the current format version."""
+        return _HEADERS[VERSION].pack(MAGIC, VERSION, *dataclasses.astuple(self))
 
 
 def _check_bits(bits: int) -> int:
@@ -183,16 +195,20 @@ def _crc_ok(data: bytes, end: int) -> bool:
 def decode_bitstream(
     data: bytes, *, expect_model_id: bytes | None = None
 ) -> tuple[np.ndarray, HfcHeader]:
-    """Parses a ``.hfc`` stream into ``(codes [F, L*G] int32, header)``."""
+    """Parses a ``.hfc`` stream (format version 1 or 2) into ``(codes [F, L*G] int32, header)``."""
     data = bytes(data)
     n = len(data)
     if not MAGIC.startswith(data[:4]):
         raise BitstreamError(f"not a .hfc file (magic {data[:4]!r}, expected {MAGIC!r})")
-    if n > 4 and data[4] != VERSION:
-        raise BitstreamError(f"unsupported .hfc version {data[4]} (this reader handles {VERSION})")
-    if n < HEADER_SIZE + CRC_SIZE:
+    version = data[4] if n > 4 else VERSION
+    if version not in _HEADERS:
+        raise BitstreamError(
+            f"unsupported .hfc version {version} (this reader handles {sorted(_HEADERS)})"
+        )
+    layout = _HEADERS[version]
+    if n < layout.size + CRC_SIZE:
         raise BitstreamError(f"truncated .hfc file ({n} bytes, less than header + checksum)")
-    fields = _HEADER.unpack_from(data)
+    fields = layout.unpack_from(data)
     crc_ok = _crc_ok(data, n)
     try:
         header = HfcHeader(*fields[2:])
@@ -200,7 +216,7 @@ def decode_bitstream(
         if crc_ok:
             raise BitstreamError(f"invalid .hfc header: {e}") from None
         raise BitstreamError(f"damaged .hfc file (checksum mismatch; {e})") from None
-    total = header.file_size
+    total = layout.size + header.payload_size + CRC_SIZE
     if n != total:
         if crc_ok:
             raise BitstreamError(f"inconsistent .hfc header: implies {total} bytes, file has {n}")
@@ -215,15 +231,24 @@ def decode_bitstream(
         got, want = header.model_id.hex(), bytes(expect_model_id).hex()
         raise BitstreamError(f"encoded with a different model (model_id {got}, expected {want})")
     F, S = header.num_frames, header.num_streams
-    codes = unpack_codes(data[HEADER_SIZE : total - CRC_SIZE], F * S, header.bits_per_code)
+    codes = unpack_codes(data[layout.size : total - CRC_SIZE], F * S, header.bits_per_code)
     return codes.reshape(F, S), header
 
 
 def write_hfc(path: str | os.PathLike, codes: np.ndarray, header: HfcHeader) -> int:
-    """Writes a ``.hfc`` file atomically (temp file + ``os.replace``); returns bytes written."""
+    """Writes a ``.hfc`` file atomically (temp file + ``os.replace``); returns bytes written.
+
+    Errors name ``path`` (never the temporary file); the directory must exist.
+    """
     data = encode_bitstream(codes, header)
     path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".hfc.tmp")
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"cannot write {path}: no such directory {directory}")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".hfc.tmp")
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o644)  # mkstemp creates 0600
@@ -231,6 +256,10 @@ def write_hfc(path: str | os.PathLike, codes: np.ndarray, header: HfcHeader) -> 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror}") from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -241,6 +270,16 @@ def write_hfc(path: str | os.PathLike, codes: np.ndarray, header: HfcHeader) -> 
 def read_hfc(
     path: str | os.PathLike, *, expect_model_id: bytes | None = None
 ) -> tuple[np.ndarray, HfcHeader]:
-    """Reads and decodes a ``.hfc`` file (see :func:`decode_bitstream`)."""
-    with open(path, "rb") as f:
-        return decode_bitstream(f.read(), expect_model_id=expect_model_id)
+    """Reads and decodes a ``.hfc`` file (see :func:`decode_bitstream`); errors name ``path``."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such file: {path}") from None
+    except OSError as e:
+        raise OSError(e.errno, f"cannot read {path}: {e.strerror}") from None
+    try:
+        return decode_bitstream(data, expect_model_id=expect_model_id)
+    except BitstreamError as e:
+        raise BitstreamError(f"{path}: {e}") from None
