@@ -4,12 +4,10 @@ The released model (ref ``egs/HiFi-Codec-16k-320d/config_16k_320d.json``); its c
 the 16k-320d-large-universal one, load into this config.
 """
 
-from hificodec_jax import config_defaults as d
+from hificodec_jax import presets
 
 
 def get_config(arg=None):
-    model = d.hifigan_model_config(
-        upsample_rates=(8, 5, 4, 2),  # ref, hop 320
-        upsample_kernel_sizes=(16, 11, 8, 4),  # ref
-    )
-    return d.base_config(16000, model, arg)  # ref sampling_rate
+    return presets.recipe(
+        "hificodec-16k-320d", arg
+    )  # the architecture ships in hificodec_jax/presets.py

@@ -76,20 +76,25 @@ def hop_length(config: ml_collections.ConfigDict) -> int:
 
 
 def bitrate(config: ml_collections.ConfigDict, num_levels: int | None = None) -> float:
-    """Nominal bits per second: frames/s x codebooks used x log2(K)."""
-    q = config.model.quantizer
-    levels = q.num_levels if num_levels is None else num_levels
-    frames = config.audio.sample_rate / hop_length(config)
-    return frames * levels * q.num_groups * math.log2(q.codebook_size)
+    """Nominal bits per second of a config's codec (:meth:`Codec.bitrate` at its sample rate)."""
+    return build_codec(config).bitrate(config.audio.sample_rate, num_levels)
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
-    """``get_config(arg)`` of a config file, ``path`` optionally suffixed ``:arg`` (like absl)."""
+    """``get_config(arg)`` of a config file, or a released model's config by name
+    (``"hificodec-16k-320d"``, see :mod:`hificodec_jax.presets`); either optionally suffixed
+    ``:arg`` (like absl)."""
+    from hificodec_jax import presets
+
     arg = None
     if ":" in os.path.basename(path):
         path, arg = path.rsplit(":", 1)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no config file {path!r}")
+        if path in presets.PRESETS:
+            return presets.get_config(path, arg)
+        raise FileNotFoundError(
+            f"no config file {path!r}, and no preset of that name (one of {presets.preset_names()})"
+        )
     spec = importlib.util.spec_from_file_location("_hificodec_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
