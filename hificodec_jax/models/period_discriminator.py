@@ -11,11 +11,13 @@ is folded into the batch, ``[B, T] -> [B*p, T/p, 1]``, and the convs are 1-D. Th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hificodec_jax.models.discriminator_units import DiscriminatorFamily, SubDiscriminator
 from hificodec_jax.models.layers import LRELU_SLOPE, Conv1d, get_padding
 
 __all__ = ["MPD_CHANNELS", "MultiPeriodDiscriminator", "PeriodDiscriminator"]
@@ -72,17 +74,29 @@ class PeriodDiscriminator(nn.Module):
         return x.reshape(b, -1), fmaps
 
 
-class MultiPeriodDiscriminator(nn.Module):
+class MultiPeriodDiscriminator(DiscriminatorFamily):
     """HiFi-GAN MPD: one :class:`PeriodDiscriminator` per period.
 
     ``wav [B, T] -> [(logits, fmaps)]`` in ``periods`` order (``discriminators_i``).
     """
 
+    family: ClassVar[str] = "mpd"  # registry key
+    module_name: ClassVar[str] = "mpd"  # submodule / checkpoint section name
     periods: Sequence[int] = (2, 3, 5, 7, 11)
     channels: Sequence[int] = MPD_CHANNELS
 
-    def setup(self):
-        self.discriminators = [PeriodDiscriminator(p, channels=self.channels) for p in self.periods]
+    @classmethod
+    def from_options(cls, options) -> MultiPeriodDiscriminator:
+        """The MPD of a ``Discriminators`` (reads its ``periods`` and ``mpd_channels``)."""
+        return cls(options.periods, options.mpd_channels, parent=None)
 
-    def __call__(self, wav: jax.Array) -> list[tuple[jax.Array, list[jax.Array]]]:
-        return [d(wav) for d in self.discriminators]
+    def units(self) -> list[SubDiscriminator]:
+        return [
+            SubDiscriminator(
+                self.family,
+                self.module_name,
+                i,
+                PeriodDiscriminator(p, channels=self.channels, parent=None),
+            )
+            for i, p in enumerate(self.periods)
+        ]

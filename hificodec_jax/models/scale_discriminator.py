@@ -29,13 +29,16 @@ torch's eval mode (stored ``weight_u``/``weight_v``, no iteration) could not be 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hificodec_jax.models.discriminator_units import DiscriminatorFamily, SubDiscriminator
 from hificodec_jax.models.layers import LRELU_SLOPE, _torch_uniform, _WeightNormed, get_padding
 from hificodec_jax.models.strided_conv import space_to_depth_conv
 
@@ -223,29 +226,40 @@ class ScaleDiscriminator(nn.Module):
         return x.reshape(x.shape[0], -1), fmaps
 
 
-class MultiScaleDiscriminator(nn.Module):
+def pooled(wav: jax.Array, times: int) -> jax.Array:
+    """``wav [B, T]`` through :func:`avg_pool_1d` ``times`` times (scale ``times``'s input)."""
+    for _ in range(times):
+        wav = avg_pool_1d(wav)
+    return wav
+
+
+class MultiScaleDiscriminator(DiscriminatorFamily):
     """HiFi-GAN MSD: 3 :class:`ScaleDiscriminator` s on ``wav``, then AvgPool1d(4, 2, 2) once, twice.
 
     The first scale is spectral-normed, the others weight-normed. ``wav [B, T] -> [(logits,
     fmaps)]`` per scale; scale ``i`` sees ``T_i = T_{i-1} // 2 + 1`` samples.
     """
 
+    family: ClassVar[str] = "msd"  # registry key
+    module_name: ClassVar[str] = "msd"  # submodule / checkpoint section name
     num_scales: int = 3
     split_groups: bool = True
     layers: Sequence[tuple[int, int, int, int]] = MSD_LAYERS
 
-    def setup(self):
-        self.discriminators = [
-            ScaleDiscriminator(i == 0, self.split_groups, self.layers)
+    @classmethod
+    def from_options(cls, options) -> MultiScaleDiscriminator:
+        """The MSD of a ``Discriminators`` (reads its ``split_groups`` and ``msd_layers``)."""
+        return cls(split_groups=options.split_groups, layers=options.msd_layers, parent=None)
+
+    def units(self) -> list[SubDiscriminator]:
+        return [
+            SubDiscriminator(
+                self.family,
+                self.module_name,
+                i,
+                ScaleDiscriminator(i == 0, self.split_groups, self.layers, parent=None),
+                prepare=functools.partial(pooled, times=i) if i else None,
+                spectral=i == 0,
+            )
             for i in range(self.num_scales)
         ]
-
-    def __call__(
-        self, wav: jax.Array, *, update_stats: bool = False
-    ) -> list[tuple[jax.Array, list[jax.Array]]]:
-        out = []
-        for i, d in enumerate(self.discriminators):
-            if i:
-                wav = avg_pool_1d(wav)
-            out.append(d(wav, update_stats=update_stats))
-        return out

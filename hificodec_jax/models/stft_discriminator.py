@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hificodec_jax.audio.spectral import hann_window, stft
+from hificodec_jax.models.discriminator_units import DiscriminatorFamily, SubDiscriminator
 from hificodec_jax.models.layers import _torch_uniform, _WeightNormed
 from hificodec_jax.models.strided_conv import space_to_depth_conv
 
@@ -122,20 +124,30 @@ class STFTDiscriminator(nn.Module):
         return self.conv_post(z), fmaps
 
 
-class MultiScaleSTFTDiscriminator(nn.Module):
+class MultiScaleSTFTDiscriminator(DiscriminatorFamily):
     """Encodec's MS-STFT D: one :class:`STFTDiscriminator` per ``n_fft`` (hop ``n_fft // 4``).
 
     ``wav [B, T]`` (``T >= max(n_ffts)``) -> list over scales of ``(logits, fmaps)``.
     Submodules ``discriminators_i`` mirror torch's ``discriminators.i``.
     """
 
+    family: ClassVar[str] = "stft"  # registry key
+    module_name: ClassVar[str] = "mstftd"  # submodule / checkpoint section name
     n_ffts: Sequence[int] = STFT_N_FFTS
     filters: int = 32
 
-    def setup(self):
-        self.discriminators = [
-            STFTDiscriminator(n_fft=n, hop_length=n // 4, filters=self.filters) for n in self.n_ffts
-        ]
+    @classmethod
+    def from_options(cls, options) -> MultiScaleSTFTDiscriminator:
+        """The MS-STFT D of a ``Discriminators`` (reads ``stft_n_ffts`` and ``stft_filters``)."""
+        return cls(options.stft_n_ffts, options.stft_filters, parent=None)
 
-    def __call__(self, wav: jax.Array) -> list[tuple[jax.Array, list[jax.Array]]]:
-        return [d(wav) for d in self.discriminators]
+    def units(self) -> list[SubDiscriminator]:
+        return [
+            SubDiscriminator(
+                self.family,
+                self.module_name,
+                i,
+                STFTDiscriminator(n_fft=n, hop_length=n // 4, filters=self.filters, parent=None),
+            )
+            for i, n in enumerate(self.n_ffts)
+        ]
