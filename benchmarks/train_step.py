@@ -46,8 +46,8 @@ import hificodec_jax  # noqa: E402
 from hificodec_jax import factory  # noqa: E402
 from hificodec_jax.data.demo_audio import synthetic_speech  # noqa: E402
 from hificodec_jax.models.discriminators import sub_discriminators  # noqa: E402
+from hificodec_jax.training import compilation as train
 from hificodec_jax.training import host_memory, losses, sharding  # noqa: E402
-from hificodec_jax.training import loop as train
 from hificodec_jax.training.step import discriminator_gradients  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,7 +1,7 @@
 """The train step's XLA compiler options: on CPU, 2-D convolutions stay out of YNNPACK (the
 MS-STFT discriminator's convs are faster in XLA's own convolution), with the same results;
-an XLA that does not know the options compiles without them; ``train.build``'s step carries
-them, however it is compiled."""
+an XLA that does not know the options compiles without them; ``compilation.build``'s step
+carries them, however it is compiled."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from helpers import tiny_step_config, ynn_convolutions
 
-from hificodec_jax.training import loop as train
+from hificodec_jax.training import compilation, sharding
 
 
 def _conv2d_value_and_grads(compiler_options=None):
@@ -35,9 +36,9 @@ def _conv2d_value_and_grads(compiler_options=None):
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU-only compiler options")
 def test_step_options_keep_2d_convolutions_out_of_ynnpack_with_equal_results():
     default, args = _conv2d_value_and_grads()
-    tuned, _ = _conv2d_value_and_grads(train.step_compiler_options())
+    tuned, _ = _conv2d_value_and_grads(compilation.step_compiler_options())
     # This XLA puts 2-D convolutions into YNNPACK by default (if it stops doing so, the option
-    # has become unnecessary: revisit train._CPU_STEP_OPTIONS).
+    # has become unnecessary: revisit compilation._CPU_STEP_OPTIONS).
     assert ynn_convolutions(default.as_text()) > 0
     assert ynn_convolutions(tuned.as_text()) == 0
     (v0, (gx0, gw0)), (v1, (gx1, gw1)) = default(*args), tuned(*args)
@@ -49,33 +50,35 @@ def test_step_options_keep_2d_convolutions_out_of_ynnpack_with_equal_results():
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU-only compiler options")
 def test_unknown_options_are_dropped_with_a_warning(monkeypatch, caplog):
     bogus = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_NO_SUCH_TYPE"}
-    monkeypatch.setattr(train, "_CPU_STEP_OPTIONS", bogus)
-    assert train.step_compiler_options() == {}
+    monkeypatch.setattr(compilation, "_CPU_STEP_OPTIONS", bogus)
+    assert compilation.step_compiler_options() == {}
     assert "compiling the train step without" in caplog.text
     # The accepted options are still found (the check is cached per set of options).
     monkeypatch.undo()
-    assert train.step_compiler_options() == train._CPU_STEP_OPTIONS
-    compiled, args = _conv2d_value_and_grads(train.step_compiler_options())
+    assert compilation.step_compiler_options() == compilation._CPU_STEP_OPTIONS
+    compiled, args = _conv2d_value_and_grads(compilation.step_compiler_options())
     assert np.isfinite(compiled(*args)[0])
 
 
 def test_compile_step_compiles_the_step_and_init_as_they_are_jitted():
-    config = train.ml_collections.ConfigDict(
+    config = ml_collections.ConfigDict(
         {"batch_size": 2, "data": {"segment_size": 8}, "mesh": {"fsdp": 1}}
     )
-    mesh = train.sharding.make_mesh(jax.devices()[:1])
+    mesh = sharding.make_mesh(jax.devices()[:1])
     step = jax.jit(lambda state, batch: (state + jnp.sum(batch["wav"]), {}))
     init = jax.jit(lambda key: jnp.zeros(()))
     abstract = jax.ShapeDtypeStruct((), jnp.float32)
     timings, t = {}, time.perf_counter()
-    compiled, init_c = train.compile_step(step, abstract, config, mesh, init=init, timings=timings)
+    compiled, init_c = compilation.compile_step(
+        step, abstract, config, mesh, init=init, timings=timings
+    )
     wall = time.perf_counter() - t  # each program's own compile time lies within the call's
     assert set(timings) == {"step", "init"} and all(0 < s < wall for s in timings.values())
     batch = {"wav": jnp.ones((2, 8)), "lengths": jnp.full((2,), 8)}
     state, _ = compiled(init_c(jax.random.key(0)), batch)
     assert float(state) == 16.0
     timings = {}
-    resumed, none = train.compile_step(step, abstract, config, mesh, timings=timings)
+    resumed, none = compilation.compile_step(step, abstract, config, mesh, timings=timings)
     assert none is None and set(timings) == {"step"}  # no init when resuming
     assert float(resumed(state, batch)[0]) == 32.0
 
@@ -91,14 +94,14 @@ def test_compile_step_raises_a_step_error_without_waiting_for_the_initialiser():
             release.wait(60)  # set by the test once compile_step has raised
             compiled.set()
 
-    config = train.ml_collections.ConfigDict(
+    config = ml_collections.ConfigDict(
         {"batch_size": 2, "data": {"segment_size": 8}, "mesh": {"fsdp": 1}}
     )
-    mesh = train.sharding.make_mesh(jax.devices()[:1])
+    mesh = sharding.make_mesh(jax.devices()[:1])
     step = jax.jit(lambda state, batch: state + batch["no_such_key"])
     abstract = jax.ShapeDtypeStruct((), jnp.float32)
     with pytest.raises(KeyError, match="no_such_key"):
-        train.compile_step(step, abstract, config, mesh, init=SlowInit())
+        compilation.compile_step(step, abstract, config, mesh, init=SlowInit())
     raised_first = not compiled.is_set()
     release.set()
     assert raised_first
@@ -108,12 +111,12 @@ def test_build_step_compiles_with_the_step_options(monkeypatch):
     # A step built with options XLA rejects fails to compile, however it is compiled: so the
     # step's compiler options reach the step that tests and users call directly too.
     bogus = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_NO_SUCH_TYPE"}
-    monkeypatch.setattr(train, "step_compiler_options", lambda: dict(bogus))
+    monkeypatch.setattr(compilation, "step_compiler_options", lambda: dict(bogus))
     config = tiny_step_config()
-    mesh = train.sharding.make_mesh(jax.devices()[:1])
-    _, _, abstract, step = train.build(config, mesh)
-    lowered = step.lower(abstract, train.batch_spec(config, mesh))
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    _, _, abstract, step = compilation.build(config, mesh)
+    lowered = step.lower(abstract, compilation.batch_spec(config, mesh))
     with pytest.raises(jax.errors.JaxRuntimeError, match="NO_SUCH_TYPE"):
         lowered.compile()
     with pytest.raises(jax.errors.JaxRuntimeError, match="NO_SUCH_TYPE"):
-        train.compile_step(step, abstract, config, mesh)
+        compilation.compile_step(step, abstract, config, mesh)

@@ -37,10 +37,11 @@ from helpers import smooth_adam, tiny_train_config, write_clips, xla_flags
 
 import hificodec_jax
 from hificodec_jax.data import input_pipeline
+from hificodec_jax.data.sources import make_sources
 from hificodec_jax.factory import hop_length
 from hificodec_jax.training import sharding
 from hificodec_jax.training.checkpoint import Checkpointer
-from hificodec_jax.training.loop import build, make_sources, with_shardings
+from hificodec_jax.training.compilation import build, with_shardings
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multiprocess_worker.py")
 STEPS = 2

@@ -15,7 +15,7 @@ from hificodec_jax import config_defaults
 from hificodec_jax.data.demo_audio import synthetic_speech
 from hificodec_jax.models.discriminators import Discriminators, sub_discriminators
 from hificodec_jax.training import losses, sharding
-from hificodec_jax.training.loop import build
+from hificodec_jax.training.compilation import build
 from hificodec_jax.training.step import adversarial_wave_gradient, discriminator_gradients
 
 

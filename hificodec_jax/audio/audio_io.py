@@ -20,9 +20,13 @@ SILENCE_PEAK = 1e-4  # a clip whose peak |x| is below this is treated as silent
 
 
 def list_audio_files(
-    paths: str | os.PathLike | Iterable[str | os.PathLike], *, allow_empty: bool = False
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    *,
+    allow_empty: bool = False,
+    extensions: tuple[str, ...] = AUDIO_EXTENSIONS,
 ) -> list[str]:
-    """Audio files under a directory tree (recursive), a single file, or a list of either.
+    """Audio files (names ending in ``extensions``) under a directory tree (recursive), a
+    single file, or a list of either.
 
     Returns absolute paths, sorted within each directory given (list order is kept otherwise).
     Hidden files and directories (name starting with ``.``) are ignored. Raises
@@ -41,7 +45,7 @@ def list_audio_files(
                 found.extend(
                     os.path.join(dirpath, f)
                     for f in filenames
-                    if not f.startswith(".") and f.lower().endswith(AUDIO_EXTENSIONS)
+                    if not f.startswith(".") and f.lower().endswith(extensions)
                 )
             out.extend(sorted(os.path.abspath(f) for f in found))
         elif os.path.isfile(p):
@@ -49,7 +53,7 @@ def list_audio_files(
         else:
             raise FileNotFoundError(f"no such audio file or directory: {p}")
     if paths and not out and not allow_empty:
-        raise FileNotFoundError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {paths}")
+        raise FileNotFoundError(f"no audio files ({', '.join(extensions)}) under {paths}")
     return out
 
 
