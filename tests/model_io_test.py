@@ -22,6 +22,8 @@ from hificodec_jax.codec import convert, model_io
 from hificodec_jax.codec.convert import CheckpointMismatchError, flax_to_torch
 from hificodec_jax.codec.pth_reader import CheckpointFormatError
 
+V1_MODEL = Path(__file__).resolve().parent / "data" / "model_v1_tiny"
+
 
 @functools.cache
 def source():
@@ -113,12 +115,12 @@ def test_save_refuses_to_overwrite_and_cleans_up_after_a_crash(saved, tmp_path, 
     _, variables, _ = source()
     with pytest.raises(FileExistsError):
         model_io.save_model(saved, config("tiny"), variables)
-    import orbax.checkpoint as ocp
+    import safetensors.numpy
 
-    def crash(self, *args, **kwargs):
+    def crash(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(ocp.StandardCheckpointer, "save", crash)
+    monkeypatch.setattr(safetensors.numpy, "save_file", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         model_io.save_model(tmp_path / "m", config("tiny"), variables)
     assert os.listdir(tmp_path) == []  # neither the model nor a temp dir
@@ -151,13 +153,15 @@ def _copy_model(saved, tmp_path, name: str = "copy") -> Path:
 
 
 def _largest_checkpoint_file(model: Path) -> Path:
-    files = [p for p in (model / "variables").rglob("*") if p.is_file()]
+    files = [p for p in model.rglob("*") if p.is_file()]
     return max(files, key=lambda p: p.stat().st_size)
 
 
-def test_truncated_checkpoint_raises_model_load_error(saved, tmp_path):
-    copy = _copy_model(saved, tmp_path)
+@pytest.mark.parametrize("version", [1, 2])
+def test_truncated_checkpoint_raises_model_load_error(saved, tmp_path, version):
+    copy = _copy_model(saved if version == 2 else V1_MODEL, tmp_path)
     largest = _largest_checkpoint_file(copy)
+    assert largest.name == "model.safetensors" or version == 1
     data = largest.read_bytes()
     largest.write_bytes(data[: len(data) // 2])
     with pytest.raises(model_io.ModelLoadError, match="truncated") as info:
@@ -169,15 +173,62 @@ def test_truncated_checkpoint_raises_model_load_error(saved, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_corrupt_checkpoint_raises_model_load_error(saved, tmp_path):
-    """Same size, garbage content: orbax's own error is wrapped (or the id check fails)."""
-    copy = _copy_model(saved, tmp_path)
+@pytest.mark.parametrize("version", [1, 2])
+def test_corrupt_checkpoint_raises_model_load_error(saved, tmp_path, version):
+    """Same size, garbage content: the reader's own error is wrapped (or the id check fails)."""
+    copy = _copy_model(saved if version == 2 else V1_MODEL, tmp_path)
     largest = _largest_checkpoint_file(copy)
     largest.write_bytes(b"\0" * largest.stat().st_size)
     with pytest.raises(model_io.ModelLoadError, match="corrupt") as info:
         model_io.load(copy)
-    assert str(copy / "variables") in str(info.value)
+    assert str(copy / ("model.safetensors" if version == 2 else "variables")) in str(info.value)
     time.sleep(0.5)  # orbax's failed reads finish on its threads: keep their noise in this test
+
+
+def test_changed_weights_fail_the_id_check(saved, tmp_path):
+    import safetensors
+    import safetensors.numpy
+
+    copy = _copy_model(saved, tmp_path)
+    path = copy / "model.safetensors"
+    weights = safetensors.numpy.load_file(path)
+    with safetensors.safe_open(path, "np") as f:
+        metadata = f.metadata()
+    weights["params/decoder/conv_post/bias"] = weights["params/decoder/conv_post/bias"] + 1
+    size = path.stat().st_size
+    safetensors.numpy.save_file(weights, path, metadata=metadata)
+    assert path.stat().st_size == size  # passes the size check, fails the id check
+    with pytest.raises(model_io.ModelLoadError, match="do not match the model id"):
+        model_io.load(copy)
+
+
+def test_a_version_1_directory_still_loads():
+    """``tests/data/model_v1_tiny``: written by hificodec_jax 0.1.0 (orbax checkpoint) from
+    ``source()``'s variables."""
+    _, variables, _ = source()
+    assert json.loads((V1_MODEL / "model.json").read_text())["format_version"] == 1
+    assert model_io.model_id(V1_MODEL) == model_io.model_id(variables)
+    codec, loaded = model_io.load(V1_MODEL, inference=False)
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(variables), strict=True):
+        assert np.asarray(a).tobytes() == b.tobytes()
+    assert_same_outputs(*hificodec_jax.load(V1_MODEL))
+
+
+def test_safetensors_file_is_portable(saved):
+    """Flat ``/``-joined keys, torch-free metadata: what other frameworks and the Hub read."""
+    import safetensors
+    import safetensors.numpy
+
+    weights = safetensors.numpy.load_file(Path(saved) / "model.safetensors")
+    _, variables, _ = source()
+    assert weights["params/decoder/conv_pre/weight_v"].shape == (7, 32, 32)
+    np.testing.assert_array_equal(
+        weights["vq/quantizer/codebooks"], variables["vq"]["quantizer"]["codebooks"]
+    )
+    assert len(weights) == len(jax.tree.leaves(variables))
+    with safetensors.safe_open(Path(saved) / "model.safetensors", "np") as f:
+        assert f.metadata() == {"format": "flax", "model_id": model_io.model_id(saved).hex()}
+    assert sorted(os.listdir(saved)) == ["config.json", "model.json", "model.safetensors"]
 
 
 def test_missing_and_foreign_directories(saved, tmp_path):
