@@ -83,7 +83,7 @@ def decode_batch(
     Each equals ``codec.apply(variables, codes_i, method="decode")`` up to float rounding
     (padded frames are masked). Bucketing as in :func:`encode_batch`, in units of 4 frames.
     """
-    q, hop = codec.quantizer, codec.hop
+    hop = codec.hop
     checked = []
     for i, c in enumerate(codes):
         c = np.asarray(c)
@@ -91,7 +91,7 @@ def decode_batch(
             raise ValueError(f"codes[{i}] must be [F, L*G], got shape {c.shape}")
         if c.shape[0] == 0:
             raise ValueError(f"codes[{i}] has no frames")
-        checked.append(np.asarray(check_codes(c, q.num_groups, q.num_levels, q.codebook_size)[0]))
+        checked.append(np.asarray(check_codes(c, codec.quantizer)[0]))
     widths = {c.shape[-1] for c in checked}
     if len(widths) > 1:
         raise ValueError(f"all codes must use the same number of streams, got {sorted(widths)}")

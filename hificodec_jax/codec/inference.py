@@ -16,7 +16,7 @@ Long files (:func:`chunked_encode`, :func:`chunked_decode`)
     clip. So the file's edges are exact, and only seams between chunks can differ.
 
     Defaults: chunks of 10 s and at least 1 s of context, widened to the model's receptive
-    field (:func:`receptive_field`). For the released 16 kHz / hop-320 model that is 500-frame
+    field (:meth:`Codec.receptive_field`). For the released 16 kHz / hop-320 model that is 500-frame
     chunks with 75 frames (1.5 s, its receptive field) of context for the encoder and 50 frames
     (1 s; receptive field 15 frames) for the decoder: 13 s / 12 s windows, 20-30% extra compute.
     Why seams are inaudible:
@@ -40,85 +40,31 @@ Batches of clips: :mod:`hificodec_jax.codec.batching`.
 
 from __future__ import annotations
 
-import collections
 import functools
-import math
 import warnings
 from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from hificodec_jax.models.codec import Codec, check_codes, check_wav
+from hificodec_jax.models.layers import NORM_INPUTS, NORM_STATS, group_moments
 
 DEFAULT_CHUNK_SECONDS = 10.0
 DEFAULT_CONTEXT_SECONDS = 1.0
 DEFAULT_SAMPLE_RATE = 16000  # only sets the default chunk/context sizes (the codec has no rate)
 
-_TRACES: collections.Counter = collections.Counter()
-
-
-def trace_count(kind: str | None = None) -> int:
-    """How many times the window/batch functions were traced (= compiled) in this process.
-
-    ``kind`` is ``"encode"`` or ``"decode"`` (both if None). Each distinct input shape (and
-    codec, and ``num_levels``) is traced once; later calls with that shape reuse the executable.
-    """
-    return sum(_TRACES.values()) if kind is None else _TRACES[kind]
-
-
 # --------------------------------------------------------------------------------------------
-# Receptive field
-
-
-def _resblock_reach(kernel_sizes, dilations) -> int:
-    """One-sided reach (in its own samples) of a stage's parallel ResBlock1 stack (the max)."""
-    reach = 0
-    for k, ds in zip(kernel_sizes, dilations, strict=True):
-        half = (k - 1) // 2 + (k - 1) % 2
-        reach = max(reach, sum(half * d + half for d in ds))
-    return reach
-
-
-def receptive_field(codec: Codec) -> tuple[int | None, int | None]:
-    """One-sided receptive field of ``(encoder, decoder)`` in frames, rounded up, or None.
-
-    For the HiFi-GAN family: how many frames to either side of a frame can change its latent
-    (encoder; convolutions only, the GroupNorm statistics are global) or its samples (decoder).
-    None for modules with an unbounded receptive field (the SEANet family's LSTM).
-    """
-    from hificodec_jax.models.hifigan import HifiDecoder, HifiEncoder  # noqa: PLC0415
-    from hificodec_jax.models.layers import polyphase_taps  # noqa: PLC0415
-
-    enc = dec = None
-    e, d, hop = codec.encoder, codec.decoder, codec.hop
-    if isinstance(e, HifiEncoder):
-        reach, rate = 3, 1  # conv_pre (k=7), in input samples
-        for s, k in zip(e.strides, e.kernel_sizes, strict=True):
-            left = (k - s) // 2
-            reach += rate * (max(left, k - 1 - left) + s)
-            rate *= s
-            reach += rate * _resblock_reach(e.resblock_kernel_sizes, e.resblock_dilations)
-        reach += rate  # conv_post (k=3) at the frame rate
-        enc = math.ceil(reach / hop) + 1
-    if isinstance(d, HifiDecoder):
-        reach, rate = 3.0, 1  # conv_pre (k=7), in frames
-        for u, k in zip(d.upsample_rates, d.upsample_kernel_sizes, strict=True):
-            _, j_min, j_max = polyphase_taps(k, u)
-            reach += max(-j_min, j_max) / rate
-            rate *= u
-            reach += _resblock_reach(d.resblock_kernel_sizes, d.resblock_dilations) / rate
-        reach += 3 / rate  # conv_post (k=7) at the sample rate
-        dec = math.ceil(reach) + 1
-    return enc, dec
+# Chunking defaults
 
 
 def default_chunking(codec: Codec, kind: str, sample_rate: int = DEFAULT_SAMPLE_RATE):
     """``(chunk_frames, overlap_frames)`` used when not given: 10 s chunks, and context of
     max(1 s, receptive field) for ``kind`` ``"encode"`` / ``"decode"``."""
     fps = sample_rate / codec.hop
-    enc, dec = receptive_field(codec)
+    enc, dec = codec.receptive_field()
     rf = enc if kind == "encode" else dec
     chunk = max(1, round(DEFAULT_CHUNK_SECONDS * fps))
     context = max(round(DEFAULT_CONTEXT_SECONDS * fps), rf or 0)
@@ -129,108 +75,64 @@ def default_chunking(codec: Codec, kind: str, sample_rate: int = DEFAULT_SAMPLE_
 # Jitted window functions (cached per codec)
 
 
-def _decode_masked(module: Codec, codes, frame_lengths):
-    """codes [B, F, L*G] -> wav [B, F*hop], frames past ``frame_lengths`` treated as padding."""
-    return module.decoder(module.quantizer.decode_codes(codes), frame_lengths)
-
-
 @functools.lru_cache(maxsize=64)
 def encode_fn(codec: Codec, num_levels: int | None):
     """The jitted, cached ``(variables, wav [B, W], lengths [B]) -> codes`` of a codec."""
 
-    def f(variables, wav, lengths):  # wav [B, W], lengths [B] samples
-        _TRACES["encode"] += 1
+    def encode_window(variables, wav, lengths):  # wav [B, W], lengths [B] samples
         return codec.apply(variables, wav, lengths, method="encode", num_levels=num_levels)
 
-    return jax.jit(f)
+    return jax.jit(encode_window)
 
 
 @functools.lru_cache(maxsize=64)
 def decode_fn(codec: Codec):
     """The jitted, cached ``(variables, codes [B, F, C], frame_lengths [B]) -> wav`` of a codec."""
 
-    def f(variables, codes, frame_lengths):  # codes [B, F, C], frame_lengths [B]
-        _TRACES["decode"] += 1
-        return codec.apply(variables, codes, frame_lengths, method=_decode_masked)
+    def decode_window(variables, codes, frame_lengths):  # codes [B, F, C], frame_lengths [B]
+        return codec.apply(variables, codes, frame_lengths, method="decode")
 
-    return jax.jit(f)
-
-
-class _NormStats:
-    """Flax method interceptor for the exact (``global_norm``) mode of :func:`chunked_encode`.
-
-    Every ``MaskedGroupNorm`` call ``k`` of a window (in call order) records the partial
-    statistics ``(count, mean [G], M2 [G])`` of its input over the window's kept positions, and
-    normalises with the given whole-file ``stats[k] = (mean [G], var [G])`` when ``k < target``
-    (those are known from earlier passes) or with its own window statistics otherwise.
-    """
-
-    def __init__(self, stats, target, keep_lo, keep_hi, window: int):
-        self.stats, self.target, self.window = stats, target, window
-        self.keep_lo, self.keep_hi = keep_lo, keep_hi
-        self.partials: list = []
-        self.shapes: list[tuple[int, int]] = []  # (num_groups, samples per position)
-
-    def __call__(self, next_fun, args, kwargs, context):
-        from hificodec_jax.models.layers import MaskedGroupNorm  # noqa: PLC0415
-
-        if context.method_name != "__call__" or not isinstance(context.module, MaskedGroupNorm):
-            return next_fun(*args, **kwargs)
-        k, module = len(self.partials), context.module
-        x = args[0]
-        mask = args[1] if len(args) > 1 else kwargs.get("mask")
-        b, t, c = x.shape
-        g = module.num_groups
-        rate = self.window // t
-        self.shapes.append((g, rate))
-        xg = x.reshape(b, t, g, c // g)
-        pos = jnp.arange(t) * rate
-        keep = (pos >= self.keep_lo) & (pos < self.keep_hi)
-        keep = keep[None] if mask is None else keep[None] & mask
-        w = keep.astype(x.dtype)[:, :, None, None]
-        n = jnp.sum(w) * (c // g)
-        mean = jnp.sum(xg * w, axis=(0, 1, 3)) / jnp.maximum(n, 1.0)
-        m2 = jnp.sum(jnp.square(xg - mean[:, None]) * w, axis=(0, 1, 3))
-        self.partials.append((n, mean, m2))
-        y_window = next_fun(*args, **kwargs)
-        if self.stats is None:
-            return y_window
-        g_mean, g_var = self.stats[k]
-        y = (xg - g_mean[:, None]) * jax.lax.rsqrt(g_var[:, None] + module.epsilon)
-        y = y.reshape(b, t, c) * module.get_variable("params", "scale")
-        y = y + module.get_variable("params", "bias")
-        return jnp.where(k < self.target, y, y_window)
+    return jax.jit(decode_window)
 
 
-def _norm_layout(codec: Codec, window: int) -> list[tuple[int, int]]:
-    """``(num_groups, samples per position)`` of every encoder GroupNorm call, in call order."""
-    import flax.linen as nn  # noqa: PLC0415
+def _norm_layers(codec: Codec, variables, window: int) -> list[tuple[tuple[str, ...], int]]:
+    """``(module path, num_groups)`` of every encoder GroupNorm, in call order (shapes only)."""
+    layers = []
 
-    probe = _NormStats(None, 0, 0, 0, window)
+    def trace(variables, wav, lengths):
+        z, sown = codec.apply(
+            variables, wav, lengths, method="encode_latent", mutable=[NORM_INPUTS]
+        )
+        for path, ((xg, _),) in traverse_util.flatten_dict(sown.get(NORM_INPUTS, {})).items():
+            layers.append((path[:-1], xg.shape[2]))  # flax keeps the sow (= call) order
+        return z
 
-    def trace(wav, lengths):
-        with nn.intercept_methods(probe):
-            dummy = codec.init(jax.random.key(0), wav, lengths, method="encode_latent")
-        return dummy
-
-    jax.eval_shape(
-        trace, jax.ShapeDtypeStruct((1, window), np.float32), jax.ShapeDtypeStruct((1,), np.int32)
+    wav, lengths = (
+        jax.ShapeDtypeStruct((1, window), np.float32),
+        jax.ShapeDtypeStruct((1,), np.int32),
     )
-    return probe.shapes
+    jax.eval_shape(trace, variables, wav, lengths)
+    return layers
 
 
 @functools.lru_cache(maxsize=64)
 def _encode_global_fn(codec: Codec, num_levels: int | None):
-    import flax.linen as nn  # noqa: PLC0415
+    """Jitted encode of a window (GroupNorms given whole-file statistics through ``norm_stats``)
+    that also returns every GroupNorm's ``group_moments`` over the positions whose first sample
+    lies in ``[keep_lo, keep_hi)``, keyed by module path."""
 
-    def f(variables, wav, lengths, keep_lo, keep_hi, target, stats):
-        _TRACES["encode"] += 1
-        hook = _NormStats(stats, target, keep_lo, keep_hi, wav.shape[1])
-        with nn.intercept_methods(hook):
-            codes = codec.apply(variables, wav, lengths, method="encode", num_levels=num_levels)
-        return codes, hook.partials
+    def encode_window_stats(variables, wav, lengths, keep_lo, keep_hi):
+        codes, sown = codec.apply(
+            variables, wav, lengths, method="encode", num_levels=num_levels, mutable=[NORM_INPUTS]
+        )
+        partials = {}
+        for path, ((xg, mask),) in traverse_util.flatten_dict(sown[NORM_INPUTS]).items():
+            pos = jnp.arange(xg.shape[1]) * (wav.shape[1] // xg.shape[1])  # first sample
+            keep = (pos >= keep_lo) & (pos < keep_hi)
+            partials["/".join(path[:-1])] = group_moments(xg, keep[None] & mask)
+        return codes, partials
 
-    return jax.jit(f)
+    return jax.jit(encode_window_stats)
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,28 +250,37 @@ def chunked_encode(
             _pipelined(windows, lambda s, c, e: fn(variables, *inputs(s)), keep_codes, bar)
         return out
 
-    layout = _norm_layout(codec, window)
-    stats = [(np.zeros(g, np.float32), np.ones(g, np.float32)) for g, _ in layout]
+    layers = _norm_layers(codec, variables, window)
+    stats = [(np.zeros(g, np.float32), np.ones(g, np.float32)) for _, g in layers]
     fn = _encode_global_fn(codec, num_levels)
-    with _Progress(len(windows) * (len(layout) + 1), progress, "encode") as bar:
-        for target in range(len(layout) + 1):
+    with _Progress(len(windows) * (len(layers) + 1), progress, "encode") as bar:
+        for target in range(len(layers) + 1):  # pass k: layers < k use whole-file statistics
             acc = None
+            given = traverse_util.unflatten_dict(
+                {
+                    (*path, name): value
+                    for k, (path, _) in enumerate(layers)
+                    for name, value in zip(
+                        ("mean", "var", "use"), (*stats[k], np.bool_(k < target)), strict=True
+                    )
+                }
+            )
+            v = {**variables, NORM_STATS: given}
 
-            def run(s, c, e, target=target):
+            def run(s, c, e, v=v):
                 lo, hi = (c - s) * hop, window if e == num_frames else (e - s) * hop
-                args = (np.int32(lo), np.int32(hi), np.int32(target), stats)
-                return fn(variables, *inputs(s), *args)
+                return fn(v, *inputs(s), np.int32(lo), np.int32(hi))
 
             def collect(result, s, c, e, target=target):
                 nonlocal acc
                 codes, partials = result
-                if target < len(layout):
-                    acc = _combine(acc, partials[target])
+                if target < len(layers):
+                    acc = _combine(acc, partials["/".join(layers[target][0])])
                 else:
                     keep_codes(codes, s, c, e)
 
             _pipelined(windows, run, collect, bar)
-            if target < len(layout):
+            if target < len(layers):
                 n, mean, m2 = acc
                 stats[target] = (mean.astype(np.float32), (m2 / n).astype(np.float32))
     return out
@@ -428,8 +339,7 @@ def chunked_decode(
     kept (centre crop). With ``overlap_frames`` >= the decoder's receptive field (the default)
     this equals ``codec.apply(variables, codes, method="decode")`` up to float rounding.
     """
-    q = codec.quantizer
-    codes, _ = check_codes(np.asarray(codes), q.num_groups, q.num_levels, q.codebook_size)
+    codes, _ = check_codes(np.asarray(codes), codec.quantizer)
     codes = np.asarray(codes)
     if codes.shape[0] != 1:
         raise ValueError(f"codes must be [F, L*G] (one file), got shape {codes.shape}")
@@ -441,7 +351,7 @@ def chunked_decode(
         default_chunk if chunk_frames is None else chunk_frames,
         default_ctx if overlap_frames is None else overlap_frames,
     )
-    _, rf = receptive_field(codec)
+    _, rf = codec.receptive_field()
     num_frames, hop = codes.shape[0], codec.hop
     if rf is not None and ctx < rf and num_frames > chunk:
         warnings.warn(

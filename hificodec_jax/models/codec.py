@@ -17,6 +17,8 @@ Usage::
 
 from __future__ import annotations
 
+import math
+
 import flax
 import flax.linen as nn
 import jax
@@ -86,40 +88,60 @@ def non_finite_message(wav, what: str = "wav") -> str | None:
     return f"{what} contains NaN or infinite samples ({bad.size}, the first at index {index})"
 
 
-def check_codes(codes, num_groups: int, num_levels: int, codebook_size: int):
-    """Validate codes ``[B, F, L*G]`` (or ``[F, L*G]``); returns int32 ``[B, F, L*G]``, squeeze."""
+def check_codes(codes, quantizer: GroupResidualVQ):
+    """Validate codes ``[B, F, L*G]`` (or ``[F, L*G]``) for ``quantizer``; returns int32
+    ``[B, F, L*G]`` plus whether a batch was added. Values are checked on concrete arrays only."""
     if not hasattr(codes, "ndim"):
         codes = np.asarray(codes)
     if codes.ndim not in (2, 3):
         raise ValueError(f"codes must be [F, L*G] or [B, F, L*G], got shape {tuple(codes.shape)}")
     if not jnp.issubdtype(codes.dtype, jnp.integer):
         raise ValueError(f"codes must be integers, got dtype {codes.dtype}")
-    c = codes.shape[-1]
-    if c % num_groups or not 1 <= c // num_groups <= num_levels:
-        raise ValueError(
-            f"codes have {c} streams on the last axis; expected levels x groups = "
-            f"L*{num_groups} with 1 <= L <= {num_levels} ({num_levels * num_groups} at full rate)"
-        )
+    quantizer.levels_of_streams(codes.shape[-1])
+    k = quantizer.codebook_size
     if _is_concrete(codes) and codes.size:
         lo, hi = int(np.min(np.asarray(codes))), int(np.max(np.asarray(codes)))
-        if lo < 0 or hi >= codebook_size:
-            raise ValueError(f"codes must be in [0, {codebook_size}), got values in [{lo}, {hi}]")
+        if lo < 0 or hi >= k:
+            raise ValueError(f"codes must be in [0, {k}), got values in [{lo}, {hi}]")
     squeeze = codes.ndim == 2
     codes = codes.astype(jnp.int32)
     return (codes[None] if squeeze else codes), squeeze
+
+
+def _sample_mask(frame_lengths: jax.Array, frames: int, hop: int) -> jax.Array:
+    """``[B, frames * hop]`` bool, True on the samples of each item's first ``frame_lengths``."""
+    return jnp.arange(frames * hop)[None, :] < (frame_lengths * hop)[:, None]
 
 
 class Codec(nn.Module):
     """HiFi-Codec: ``wav [B, T] -> codes [B, F, L*G] -> wav_hat [B, F*hop]``.
 
     ``encoder(wav [B, T, 1], lengths) -> z [B, F, D]``, ``decoder(z_q [B, F, D], frame_lengths)
-    -> [B, F*hop]``; any pair with these signatures works (HiFi-GAN or SEANet family).
+    -> [B, F*hop]``, each with a ``receptive_field()`` method; any pair with these signatures
+    works (HiFi-GAN or SEANet family).
     """
 
     encoder: nn.Module
     quantizer: GroupResidualVQ
     decoder: nn.Module
     hop: int
+
+    def bitrate(self, sample_rate: float, num_levels: int | None = None) -> float:
+        """Nominal bits per second at ``sample_rate``: frames/s x codebooks used x log2(K)."""
+        return sample_rate / self.hop * self.quantizer.bits_per_frame(num_levels)
+
+    def receptive_field(self) -> tuple[int | None, int | None]:
+        """One-sided receptive field of ``(encoder, decoder)`` in frames, rounded up, or None.
+
+        How many frames to either side of a frame can change its latent (encoder; convolutions
+        only, the GroupNorm statistics are global) or its samples (decoder), from the modules'
+        ``receptive_field()`` (encoder: in samples; decoder: in frames). None for an unbounded
+        receptive field (the SEANet family's LSTM).
+        """
+        enc, dec = self.encoder.receptive_field(), self.decoder.receptive_field()
+        enc = None if enc is None else math.ceil(enc / self.hop) + 1
+        dec = None if dec is None else math.ceil(dec) + 1
+        return enc, dec
 
     def _frames(self, wav, lengths):
         b, t = wav.shape
@@ -186,11 +208,27 @@ class Codec(nn.Module):
         """``z [B, F, D]`` -> :class:`QuantizerOutput` (inference: no codebook update)."""
         return self.quantizer(z, num_levels=num_levels)
 
-    def decode(self, codes: jax.Array) -> jax.Array:
-        """``codes [B, F, L*G]`` -> ``wav_hat [B, F*hop]``; fewer levels give lower bitrate."""
-        q = self.quantizer
-        codes, squeeze = check_codes(codes, q.num_groups, q.num_levels, q.codebook_size)
-        wav_hat = self.decoder(self.quantizer.decode_codes(codes), None)
+    def decode(self, codes: jax.Array, frame_lengths: jax.Array | None = None) -> jax.Array:
+        """``codes [B, F, L*G]`` -> ``wav_hat [B, F*hop]``; fewer levels give lower bitrate.
+
+        ``frame_lengths [B]`` (frames) decode a padded batch: each item decodes as it would
+        alone, and its samples past ``frame_lengths * hop`` are zero.
+        """
+        codes, squeeze = check_codes(codes, self.quantizer)
+        b, f = codes.shape[:2]
+        if frame_lengths is not None:
+            frame_lengths = jnp.asarray(frame_lengths)
+            if frame_lengths.shape != (b,):
+                raise ValueError(
+                    f"frame_lengths must have shape ({b},), got {tuple(frame_lengths.shape)}"
+                )
+            if _is_concrete(frame_lengths) and (
+                np.any(np.asarray(frame_lengths) < 1) or np.any(np.asarray(frame_lengths) > f)
+            ):
+                raise ValueError(f"frame_lengths must be in [1, {f}] frames, got {frame_lengths}")
+        wav_hat = self.decoder(self.quantizer.decode_codes(codes), frame_lengths)
+        if frame_lengths is not None:
+            wav_hat = wav_hat * _sample_mask(frame_lengths, f, self.hop).astype(wav_hat.dtype)
         return wav_hat[0] if squeeze else wav_hat
 
     def decode_latent(self, z_q: jax.Array) -> jax.Array:

@@ -28,6 +28,8 @@ from hificodec_jax.models.layers import (
     ResBlock1,
     apply_mask,
     frame_mask,
+    polyphase_taps,
+    resblock_reach,
     strided_conv_padding,
 )
 
@@ -66,6 +68,17 @@ class HifiEncoder(nn.Module):
         self.ups, self.resblocks, self.normalize, self.num_kernels = ups, resblocks, norms, n_k
         # Reference: plain Conv1d initialised N(0, 0.01) (the only layer init_weights reaches).
         self.conv_post = Conv1d(self.latent_dim, 3, weight_norm=False, kernel_init_std=0.01)
+
+    def receptive_field(self) -> int:
+        """One-sided reach in input samples: how far from a sample its latent can change
+        (convolutions only; the GroupNorm statistics span the whole input)."""
+        reach, rate = 3, 1  # conv_pre (k=7), in input samples
+        for s, k in zip(self.strides, self.kernel_sizes, strict=True):
+            left = strided_conv_padding(k, s)[0]
+            reach += rate * (max(left, k - 1 - left) + s)
+            rate *= s
+            reach += rate * resblock_reach(self.resblock_kernel_sizes, self.resblock_dilations)
+        return reach + rate  # conv_post (k=3) at the frame rate
 
     def __call__(self, wav: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
         # With lengths, activations past each clip's end are zeroed before every conv (like
@@ -116,6 +129,16 @@ class HifiDecoder(nn.Module):
         self.ups, self.resblocks = ups, resblocks
         self.num_kernels = len(self.resblock_kernel_sizes)
         self.conv_post = Conv1d(1, 7, weight_norm=wn)
+
+    def receptive_field(self) -> float:
+        """One-sided reach in input frames: how far from a frame its output samples can change."""
+        reach, rate = 3.0, 1  # conv_pre (k=7), in frames
+        for u, k in zip(self.upsample_rates, self.upsample_kernel_sizes, strict=True):
+            _, j_min, j_max = polyphase_taps(k, u)
+            reach += max(-j_min, j_max) / rate
+            rate *= u
+            reach += resblock_reach(self.resblock_kernel_sizes, self.resblock_dilations) / rate
+        return reach + 3 / rate  # conv_post (k=7) at the sample rate
 
     def __call__(self, z_q: jax.Array, frame_lengths: jax.Array | None = None) -> jax.Array:
         # With frame_lengths, padded frames are zeroed before every conv, so each clip decodes

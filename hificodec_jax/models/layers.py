@@ -222,6 +222,15 @@ class ResBlock1(nn.Module):
         return x
 
 
+def resblock_reach(kernel_sizes: Sequence[int], dilations: Sequence[Sequence[int]]) -> int:
+    """One-sided reach (in its own samples) of parallel :class:`ResBlock1` stacks (the widest)."""
+    reach = 0
+    for k, ds in zip(kernel_sizes, dilations, strict=True):
+        half = (k - 1) // 2 + (k - 1) % 2
+        reach = max(reach, sum(half * d + half for d in ds))
+    return reach
+
+
 def apply_mask(x: jax.Array, mask: jax.Array | None) -> jax.Array:
     """``x [B, T, C] * mask [B, T]`` (identity without a mask)."""
     return x if mask is None else x * mask[..., None].astype(x.dtype)
@@ -234,6 +243,10 @@ def frame_mask(lengths: jax.Array | None, frames: int) -> jax.Array | None:
     return jnp.arange(frames)[None, :] < lengths[:, None]
 
 
+NORM_STATS = "norm_stats"  # collection: given statistics, see MaskedGroupNorm
+NORM_INPUTS = "norm_inputs"  # collection: sown grouped inputs, see MaskedGroupNorm
+
+
 class MaskedGroupNorm(nn.Module):
     """GroupNorm over (time, channels-in-group) whose statistics skip padded frames.
 
@@ -241,6 +254,12 @@ class MaskedGroupNorm(nn.Module):
     ``torch.nn.GroupNorm(num_groups, C, eps)`` (biased variance, affine ``scale``/``bias``).
     Deviation from the reference (which has no lengths): with a mask, each clip is normalised by
     the statistics of its own valid frames, so padding a clip does not change its latent.
+
+    Whole-file statistics (for a long input processed in windows): when the ``norm_inputs``
+    collection is mutable (outside ``init``), the layer sows ``(x grouped [B, T, G, C/G], mask [B, T])`` for the
+    caller to pool with :func:`group_moments` over any positions; when variables
+    ``norm_stats/{mean [G], var [G], use []}`` exist and ``use`` is true, it normalises with
+    those statistics instead of its input's own.
     """
 
     num_groups: int
@@ -254,6 +273,8 @@ class MaskedGroupNorm(nn.Module):
         scale = self.param("scale", nn.initializers.ones, (c,))
         bias = self.param("bias", nn.initializers.zeros, (c,))
         xg = x.reshape(b, t, self.num_groups, c // self.num_groups)
+        if self.is_mutable_collection(NORM_INPUTS) and not self.is_initializing():
+            self.sow(NORM_INPUTS, "x", (xg, jnp.ones((b, t), bool) if mask is None else mask))
         if mask is None:
             mean = jnp.mean(xg, axis=(1, 3), keepdims=True)
             var = jnp.mean(jnp.square(xg - mean), axis=(1, 3), keepdims=True)
@@ -262,8 +283,22 @@ class MaskedGroupNorm(nn.Module):
             n = jnp.maximum(jnp.sum(w, axis=1, keepdims=True), 1.0) * (c // self.num_groups)
             mean = jnp.sum(xg * w, axis=(1, 3), keepdims=True) / n
             var = jnp.sum(jnp.square(xg - mean) * w, axis=(1, 3), keepdims=True) / n
+        if self.has_variable(NORM_STATS, "mean"):
+            use = self.get_variable(NORM_STATS, "use")
+            mean = jnp.where(use, self.get_variable(NORM_STATS, "mean")[:, None], mean)
+            var = jnp.where(use, self.get_variable(NORM_STATS, "var")[:, None], var)
         y = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(b, t, c)
         return y * scale + bias
+
+
+def group_moments(xg: jax.Array, weight: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(count, mean [G], M2 [G])`` of grouped values ``xg [B, T, G, C/G]`` over the positions
+    where ``weight [B, T]`` is true (``M2``: sum of squared deviations from ``mean``)."""
+    w = weight.astype(xg.dtype)[:, :, None, None]
+    n = jnp.sum(w) * xg.shape[3]
+    mean = jnp.sum(xg * w, axis=(0, 1, 3)) / jnp.maximum(n, 1.0)
+    m2 = jnp.sum(jnp.square(xg - mean[:, None]) * w, axis=(0, 1, 3))
+    return n, mean, m2
 
 
 def fold_weight_norm(tree):

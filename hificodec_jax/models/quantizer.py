@@ -23,6 +23,8 @@ gradient, so only level 0's commitment term reaches the encoder.
 
 from __future__ import annotations
 
+import math
+
 import flax
 import flax.linen as nn
 import jax
@@ -161,10 +163,25 @@ class GroupResidualVQ(nn.Module):
         return jnp.asarray(self.codebooks if self.update == "loss" else self._codebooks.value)
 
     def check_levels(self, num_levels: int | None) -> int:
+        """The levels used for ``num_levels`` (None: all ``R``); ValueError outside ``[1, R]``."""
         levels = self.num_levels if num_levels is None else int(num_levels)
         if not 1 <= levels <= self.num_levels:
             raise ValueError(f"num_levels must be in [1, {self.num_levels}], got {num_levels}")
         return levels
+
+    def levels_of_streams(self, num_streams: int) -> int:
+        """The levels ``L`` of codes with ``num_streams = L*G`` streams; ValueError otherwise."""
+        g, r = self.num_groups, self.num_levels
+        if num_streams % g or not 1 <= num_streams // g <= r:
+            raise ValueError(
+                f"codes have {num_streams} streams on the last axis; expected levels x groups = "
+                f"L*{g} with 1 <= L <= {r} ({r * g} at full rate)"
+            )
+        return num_streams // g
+
+    def bits_per_frame(self, num_levels: int | None = None) -> float:
+        """Bits carried by one frame of codes at ``num_levels`` levels: ``L * G * log2(K)``."""
+        return self.check_levels(num_levels) * self.num_groups * math.log2(self.codebook_size)
 
     def __call__(
         self,
@@ -238,14 +255,10 @@ class GroupResidualVQ(nn.Module):
         """``codes [B, F, L*G]`` (``L <= R`` levels) -> ``z_q [B, F, D]`` (reference ``embed``)."""
         b, f, c = codes.shape
         g = self.num_groups
-        if c % g or not 1 <= c // g <= self.num_levels:
-            raise ValueError(
-                f"codes have {c} streams on the last axis; expected L*{g} for L in "
-                f"1..{self.num_levels} (levels x groups = {self.num_levels * g} at full rate)"
-            )
+        levels = self.levels_of_streams(c)
         codebooks = self.get_codebooks()
         z_q = jnp.zeros((b, f, self.dim), codebooks.dtype)
-        for r in range(c // g):
+        for r in range(levels):
             z_q = z_q + lookup(codebooks[r], codes[..., r * g : (r + 1) * g]).reshape(b, f, -1)
         return z_q
 

@@ -113,6 +113,10 @@ class SeanetEncoder(nn.Module):
     activation: str = "elu"
     weight_norm: bool = True
 
+    def receptive_field(self) -> None:
+        """None: the LSTM's reach is unbounded (see :meth:`HifiEncoder.receptive_field`)."""
+        return None
+
     @nn.compact
     def __call__(self, wav: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
         wn, act = self.weight_norm, self.activation
@@ -155,6 +159,10 @@ class SeanetDecoder(nn.Module):
     activation: str = "elu"
     tanh_output: bool = True
     weight_norm: bool = True
+
+    def receptive_field(self) -> None:
+        """None: the LSTM's reach is unbounded (see :meth:`HifiDecoder.receptive_field`)."""
+        return None
 
     @nn.compact
     def __call__(self, z_q: jax.Array, frame_lengths: jax.Array | None = None) -> jax.Array:
