@@ -5,7 +5,9 @@ convolutions of the same total size. One dense conv per group on channel slices,
 fast but every group is a separate op, so MSD's 16-group layers made it the largest part of the
 train step's compile. Here the groups run in a loop (``fori_loop``; each iteration slices one
 group's channels, runs one dense conv and writes its output channels in place), so each layer
-compiles once, not once per group.
+compiles once, not once per group. This is XLA CPU's form only: on GPU and TPU the model
+uses XLA's grouped convolution (the choice is made per platform in
+:func:`hificodec_jax.models.strided_conv.space_to_depth_conv`).
 
 The VJP is written by hand because XLA CPU emits a convolution as a fast (Eigen) library call
 only in its canonical form (input ``NWC``, kernel ``WIO``, output ``NWC``): in the main program
@@ -141,4 +143,6 @@ def looped_grouped_conv(
         raise ValueError(f"padding must have {rank} entries, got {padding}")
     if x.shape[-1] % groups or kernel.shape[-1] % groups:
         raise ValueError(f"channels {x.shape[-1]}->{kernel.shape[-1]} do not split into {groups}")
-    return _conv_for(padding, groups)(x, kernel)
+    # The scope names the loops in the program's metadata (tests find them by it).
+    with jax.named_scope("looped_grouped_conv"):
+        return _conv_for(padding, groups)(x, kernel)
