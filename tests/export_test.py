@@ -15,6 +15,7 @@ import pytest
 from helpers import config, fast_init, noise
 
 import hificodec_jax
+from hificodec_jax import cli
 from hificodec_jax.codec import export, model_io
 from hificodec_jax.training import sharding
 from hificodec_jax.training.compilation import batch_spec, build
@@ -110,15 +111,19 @@ def tiny_model(tmp_path_factory):
 
 
 def test_exported_cpu_program_matches_the_python_model(tiny_model, tmp_path):
-    meta = export.export_model(tiny_model, tmp_path / "out", ["cpu"])
-    assert json.loads((tmp_path / "out" / "export.json").read_text()) == meta
-    assert (meta["sample_rate"], meta["hop"], meta["platforms"]) == (16000, 40, ["cpu"])
+    out = tmp_path / "out"
+    assert cli.main(["export", str(tiny_model), "--out", str(out), "--platforms", "cpu,tpu"]) == 0
+    meta = json.loads((out / "export.json").read_text())
+    assert (meta["sample_rate"], meta["hop"], meta["platforms"]) == (16000, 40, ["cpu", "tpu"])
     assert meta["encode"]["output"] == {
         "name": "codes",
         "shape": ["B", "T // hop", 4],
         "dtype": "int32",
     }
-    meta, enc, dec = export.load_exported(tmp_path / "out")
+    with pytest.raises(cli.CliError, match="--overwrite"):
+        cli.main(["export", str(tiny_model), "--out", str(out)])
+    meta, enc, dec = export.load_exported(out)
+    assert enc.platforms == dec.platforms == ("cpu", "tpu")  # one file for both
     codec, variables = hificodec_jax.load(tiny_model)
     encode = jax.jit(lambda w: codec.apply(variables, w, method="encode"))
     decode = jax.jit(lambda c: codec.apply(variables, c, method="decode"))

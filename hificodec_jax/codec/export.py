@@ -20,15 +20,24 @@ bitrate (all ``L`` levels); decode takes all ``L*G`` code streams.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["PLATFORMS", "export_codec", "export_model", "load_exported", "symbolic_wav_shape"]
+__all__ = [
+    "PLATFORMS",
+    "add_export_command",
+    "export_codec",
+    "export_model",
+    "load_exported",
+    "symbolic_wav_shape",
+]
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 FORMAT_VERSION = 1
@@ -157,3 +166,29 @@ def load_exported(
         except (OSError, ValueError) as e:
             raise ValueError(f"{file}: not a serialized jax.export program: {e}") from e
     return meta, programs[0], programs[1]
+
+
+def add_export_command(subparsers) -> None:
+    """Add ``export MODEL --out DIR [--platforms cpu,cuda,tpu]`` to the CLI's subcommands."""
+    e = subparsers.add_parser(
+        "export",
+        help="a model's encode and decode as serialized StableHLO, for serving",
+        description="Writes DIR/encode.bin, DIR/decode.bin (jax.export.Exported.serialize(); "
+        "load with jax.export.deserialize) and DIR/export.json.",
+    )
+    e.add_argument("model", help="model directory (anything hificodec_jax.load accepts)")
+    e.add_argument("--out", required=True, help="directory to write")
+    e.add_argument(
+        "--platforms",
+        default="cpu",
+        help=f"comma-separated platforms the programs run on, of {','.join(PLATFORMS)}",
+    )
+    e.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    e.set_defaults(fn=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    if (Path(args.out) / "export.json").exists() and not args.overwrite:
+        raise ValueError(f"{args.out} holds an export; pass --overwrite to replace it")
+    meta = export_model(args.model, args.out, args.platforms.split(","))
+    print(f"hificodec-jax: wrote {args.out} for {','.join(meta['platforms'])}", file=sys.stderr)
