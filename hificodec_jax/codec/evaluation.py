@@ -15,9 +15,10 @@ Metric functions take 1-D numpy float arrays of equal length (reference first) a
   so a pure gain change costs nothing.
 * :func:`si_sdr` scale-invariant SDR in dB (zero-mean signals by default).
 
-The three optional packages are imported on first use; when one is missing its metric returns NaN
-with one warning per process. :func:`evaluate` runs a codec over files or arrays, scores every
-clip and aggregates; :func:`write_report` writes ``.json`` and ``.csv``; :func:`format_table`
+The three optional packages are imported on first use; when one is not installed its metric
+returns NaN with one warning per process, and an installed one that fails raises (a broken
+package must not read as a missing one). :func:`evaluate` runs a codec over files or arrays,
+scores every clip and aggregates; :func:`write_report` writes ``.json`` and ``.csv``; :func:`format_table`
 renders the console summary.
 """
 
@@ -36,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from hificodec_jax.audio.audio_io import load_audio, resample  # noqa: F401  (re-exported)
+from hificodec_jax.models.codec import non_finite_message
 from hificodec_jax.models.quantizer import codebook_perplexity
 
 _WARNED: set[str] = set()  # optional packages already reported missing
@@ -44,10 +46,13 @@ _MEL = {"n_fft": 1024, "num_mels": 80, "hop_size": 256, "win_size": 1024}
 
 
 def _optional(module: str, purpose: str):
-    """``import module`` or None, warning once per process that ``purpose`` will be NaN."""
+    """``import module``, or None when it is not installed (warning once per process that
+    ``purpose`` will be NaN); an installed module that fails to import raises."""
     try:
         return importlib.import_module(module)
-    except ImportError as e:
+    except ModuleNotFoundError as e:
+        if e.name is None or not (module == e.name or module.startswith(e.name + ".")):
+            raise  # the package is there but something it needs is not
         if module not in _WARNED:
             _WARNED.add(module)
             hint = "pip install pesq pystoi 'visqol-python[lattice]' (the package's [eval] extra)"
@@ -61,8 +66,9 @@ def _pair(ref, deg) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"expected 1-D signals, got shapes {ref.shape} and {deg.shape}")
     if ref.shape != deg.shape:
         raise ValueError(f"ref and deg lengths differ: {ref.size} vs {deg.size} samples")
-    if not (np.all(np.isfinite(ref)) and np.all(np.isfinite(deg))):
-        raise ValueError("signals contain NaN or infinite samples")
+    for x, what in ((ref, "ref"), (deg, "deg")):
+        if message := non_finite_message(x, what):
+            raise ValueError(message)
     return ref, deg
 
 
@@ -193,15 +199,16 @@ def evaluate(
     ``sample_rate``, or a ``{name: path_or_array}`` mapping. Clips are zero-padded to a multiple of
     ``bucket_seconds`` (one compile per bucket), coded with their true lengths (the codec masks
     the padding) and scored on their first ``(T // hop) * hop`` samples. ``metrics``: names from
-    :data:`METRICS` (default all). ``config`` (optional): bitrate via ``factory.bitrate``, else the
-    same formula from the codec's hop, groups and codebook size.
+    :data:`METRICS` (default all). ``config`` (optional) is only checked against
+    ``sample_rate``; the bitrate is :meth:`Codec.bitrate`.
 
     Returns ``{"sample_rate", "num_levels", "bitrate_bps", "num_files", "total_seconds",
     "metrics", "files": [row, ...], "aggregate": {metric: {"mean", "median", "count"}},
     "codebooks": {"codebook_size", "counts" [L*G][K], "used" [L*G], "usage" [L*G],
-    "perplexity" [L*G]}}``; rows are ``{"name", "seconds", <metric>: float, ...}``. Codebook
-    statistics pool every clip's valid frames; perplexity is ``exp(entropy)`` of that histogram.
-    Metric errors on a clip give NaN with a warning.
+    "perplexity" [L*G]}, "errors": [{"name", "metric", "error"}, ...]}``; rows are ``{"name",
+    "seconds", <metric>: float, ...}``. Codebook statistics pool every clip's valid frames;
+    perplexity is ``exp(entropy)`` of that histogram. A metric that raises on a clip scores NaN
+    there and is reported: a warning, an entry in ``errors`` and a line in :func:`format_table`.
     """
     import jax  # noqa: PLC0415
 
@@ -210,27 +217,18 @@ def evaluate(
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; choose from {list(METRICS)}")
     q, hop = codec.quantizer, codec.hop
-    levels = q.num_levels if num_levels is None else int(num_levels)
-    if not 1 <= levels <= q.num_levels:
-        raise ValueError(f"num_levels must be in [1, {q.num_levels}], got {num_levels}")
-    if config is not None:
-        from hificodec_jax.factory import bitrate  # noqa: PLC0415
-
-        if config.audio.sample_rate != sample_rate:
-            raise ValueError(f"config rate {config.audio.sample_rate} != {sample_rate}")
-        rate = bitrate(config, levels)
-    else:
-        rate = sample_rate / hop * levels * q.num_groups * math.log2(q.codebook_size)
+    levels = q.check_levels(num_levels)
+    if config is not None and config.audio.sample_rate != sample_rate:
+        raise ValueError(f"config rate {config.audio.sample_rate} != {sample_rate}")
 
     def roundtrip(variables, wav, lengths):
         codes = codec.apply(variables, wav, lengths, method="encode", num_levels=levels)
-        decode = lambda m, c, f: m.decoder(m.quantizer.decode_codes(c), f)  # noqa: E731
-        return codes, codec.apply(variables, codes, lengths // hop, method=decode)
+        return codes, codec.apply(variables, codes, lengths // hop, method="decode")
 
     roundtrip = jax.jit(roundtrip)
     bucket = max(hop, int(math.ceil(bucket_seconds * sample_rate / hop)) * hop)
     counts = np.zeros((levels * q.num_groups, q.codebook_size), np.int64)
-    rows = []
+    rows, errors = [], []
     items = _inputs(files_or_arrays, sample_rate)
     if progress:
         from tqdm import tqdm  # noqa: PLC0415
@@ -254,13 +252,14 @@ def evaluate(
                 row[m] = METRICS[m](ref, deg, sample_rate)
             except Exception as e:  # noqa: BLE001  (one bad clip must not end a long run)
                 warnings.warn(f"{m} failed on {name}: {e!r}; NaN", stacklevel=2)
+                errors.append({"name": name, "metric": m, "error": repr(e)})
                 row[m] = math.nan
         rows.append(row)
     used = (counts > 0).sum(axis=1)
     return {
         "sample_rate": int(sample_rate),
         "num_levels": levels,
-        "bitrate_bps": float(rate),
+        "bitrate_bps": float(codec.bitrate(sample_rate, levels)),
         "num_files": len(rows),
         "total_seconds": float(sum(r["seconds"] for r in rows)),
         "metrics": names,
@@ -273,6 +272,7 @@ def evaluate(
             "usage": (used / q.codebook_size).tolist(),
             "perplexity": codebook_perplexity(counts).tolist(),
         },
+        "errors": errors,
     }
 
 
@@ -327,4 +327,8 @@ def format_table(result: dict) -> str:
     )
     rate = f"{result['bitrate_bps'] / 1000:.2f} kbps ({result['num_levels']} levels)"
     out.append(f"{rate}; codebook usage {usage}; perplexity {ppl} of {cb['codebook_size']}")
+    errors = result.get("errors", [])
+    if errors:
+        out.append(f"{len(errors)} METRIC ERRORS (scored NaN):")
+        out += [f"  {e['metric']} on {e['name']}: {e['error']}" for e in errors]
     return "\n".join(out)
