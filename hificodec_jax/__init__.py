@@ -1,11 +1,12 @@
 """hificodec_jax: HiFi-Codec (group-residual VQ neural audio codec) in JAX/Flax.
 
 Importing the package has no side effects; the public API is loaded on first use:
-``build_codec(config)``, ``load_config(path)``, ``fold_weight_norm(params)``,
-``param_init_key(key)``, ``load(path)``.
+``load(name_or_dir)`` (a released model by name, e.g. ``"hificodec-16k-320d"``, or a model
+directory), ``download(name)``, ``model_names()``, ``build_codec(config)``,
+``load_config(path_or_name)``, ``fold_weight_norm(params)``, ``param_init_key(key)``.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     "build_codec": "hificodec_jax.factory",
@@ -17,6 +18,8 @@ _LAZY = {
     "Codec": "hificodec_jax.models.codec",
     "CodecOutput": "hificodec_jax.models.codec",
     "load": "hificodec_jax.codec.model_io",
+    "download": "hificodec_jax.codec.pretrained",
+    "model_names": "hificodec_jax.codec.pretrained",
 }
 
 __all__ = ["__version__", *_LAZY]

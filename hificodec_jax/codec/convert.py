@@ -231,19 +231,22 @@ def convert_checkpoint(
     out_dir: str | os.PathLike,
     *,
     overwrite: bool = False,
+    source: str | None = None,
 ) -> str:
     """A released AcademiCodec ``.pth`` -> a model directory; returns its path.
 
-    ``config`` is a ConfigDict or a config file path (``configs/grvq4.py``). The ``.pth`` is
+    ``config`` is a ConfigDict, a config file path (``configs/grvq4.py``) or a preset name
+    (``"hificodec-16k-320d"``, :mod:`hificodec_jax.presets`). The ``.pth`` is
     read by the torch-free :func:`~hificodec_jax.codec.pth_reader.load_pth` (a truncated or damaged
     file raises its ``CheckpointFormatError``); the weights go through
     :func:`torch_to_flax` (a checkpoint that does not fit the config
     raises ``CheckpointMismatchError`` naming the first bad key and both shapes). A checkpoint
-    without an ``encoder`` state dict gives a decoder-only model.
+    without an ``encoder`` state dict gives a decoder-only model. ``source`` (default: the
+    file's name) is recorded in ``model.json`` with the file's SHA-256.
     """
-    from hificodec_jax.codec.model_io import save_model  # noqa: PLC0415
-    from hificodec_jax.codec.pth_reader import load_pth  # noqa: PLC0415
-    from hificodec_jax.factory import build_codec, load_config  # noqa: PLC0415
+    from hificodec_jax.codec.model_io import save_model
+    from hificodec_jax.codec.pth_reader import load_pth
+    from hificodec_jax.factory import build_codec, load_config
 
     pth_path = os.fspath(pth_path)
     if isinstance(config, str | os.PathLike):
@@ -260,5 +263,5 @@ def convert_checkpoint(
     variables = torch_to_flax(state, codec, allow_missing_encoder=True)
     if "encoder" not in state:
         variables["params"] = {k: v for k, v in variables["params"].items() if k != "encoder"}
-    source = f"{os.path.basename(pth_path)} sha256:{_file_sha256(pth_path)[:16]}"
+    source = f"{source or os.path.basename(pth_path)} sha256:{_file_sha256(pth_path)[:16]}"
     return save_model(out_dir, config, variables, source=source, overwrite=overwrite)

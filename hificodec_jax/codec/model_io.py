@@ -273,14 +273,14 @@ def _save_remote(url: str, config, variables, source: str, overwrite: bool) -> s
 def resolve(model: str | os.PathLike, *, revision: str | None = None) -> Path:
     """The local directory of ``model``: a model directory as given, or a released model's name
     (``"hificodec-16k-320d"``), downloaded and converted on first use
-    (:func:`hificodec_jax.codec.pretrained.model_dir`)."""
+    (:func:`hificodec_jax.codec.pretrained.download`)."""
     path = Path(model)
     if path.exists() or not isinstance(model, str):
         return path
     from hificodec_jax.codec import pretrained
 
     if pretrained.is_model_name(model):
-        return Path(pretrained.model_dir(model, revision=revision))
+        return Path(pretrained.download(model, revision=revision))
     raise ModelNotFoundError(
         f"no model directory {model!r}, and no released model of that name (one of "
         f"{', '.join(pretrained.model_names())})"
