@@ -8,9 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 from helpers import config, fast_init, noise
 
 import hificodec_jax
+from hificodec_jax.models.layers import NORM_INPUTS, NORM_STATS, MaskedGroupNorm, group_moments
 
 
 @functools.cache
@@ -80,6 +82,35 @@ def test_lengths_mask_padding_out():
     )
     # Stats only count valid frames.
     assert float(out.stats.counts.sum(-1)[0]) == 15 + 25
+    # decode(frame_lengths): the padded batch's codes decode as the round trip did.
+    decoded = codec.apply(variables, out.codes, np.array([15, 25]), method="decode")
+    np.testing.assert_allclose(decoded, out.wav_hat, atol=1e-6)
+    assert np.all(decoded[0, 600:] == 0.0)
+    with pytest.raises(ValueError, match="frame_lengths"):
+        codec.apply(variables, out.codes, np.array([0, 25]), method="decode")
+
+
+def test_group_norm_whole_file_statistics_mode():
+    """Sown inputs pooled with group_moments give the layer's own statistics; given
+    statistics replace them only where ``use`` is true."""
+    norm = MaskedGroupNorm(2)
+    x = jnp.asarray(noise((1, 50, 8), seed=8)) + jnp.arange(8.0)
+    params = norm.init(jax.random.key(0), x)
+    own, sown = norm.apply(params, x, mutable=[NORM_INPUTS])
+    ((xg, mask),) = traverse_util.flatten_dict(sown[NORM_INPUTS])[("x",)]
+    n, mean, m2 = group_moments(xg, mask)
+    xs = np.asarray(x).reshape(50, 2, 4)
+    assert float(n) == 200
+    np.testing.assert_allclose(mean, xs.mean(axis=(0, 2)), rtol=1e-5)
+    np.testing.assert_allclose(m2 / n, xs.var(axis=(0, 2)), rtol=1e-4)
+    given = {"mean": np.array([1.0, 5.0], np.float32), "var": np.array([4.0, 0.25], np.float32)}
+    for use in (False, True):
+        y = norm.apply({**params, NORM_STATS: {**given, "use": np.bool_(use)}}, x)
+        mu, var = (given["mean"], given["var"]) if use else (mean, m2 / n)
+        expected = (xs - np.asarray(mu)[:, None]) / np.sqrt(np.asarray(var)[:, None] + 1e-6)
+        np.testing.assert_allclose(y, expected.reshape(1, 50, 8), atol=2e-4)
+        if not use:
+            np.testing.assert_array_equal(y, own)
 
 
 @pytest.mark.parametrize("update", ["ema", "loss"])

@@ -21,7 +21,7 @@ import soundfile as sf
 from absl import logging
 
 from hificodec_jax.data.demo_audio import synthetic_speech
-from hificodec_jax.factory import bitrate, build_codec
+from hificodec_jax.factory import build_codec
 from hificodec_jax.models.layers import param_init_key
 
 
@@ -48,7 +48,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, seconds: float = 3.0) -
         "hop": codec.hop,
         "seconds": seconds,
         "codes_shape": list(codes.shape),
-        "bitrate_bps": bitrate(config),
+        "bitrate_bps": codec.bitrate(sr),
         "distinct_codes_per_stream": [int(len(np.unique(c))) for c in codes[0].T],
         "init_s": round(t1 - t0, 2),
         "encode_decode_s": round(t2 - t1, 2),
