@@ -58,19 +58,6 @@ from hificodec_jax.codec.model_files import (
 )
 from hificodec_jax.models.codec import Codec
 
-__all__ = [
-    "FORMAT_VERSION",
-    "MissingEncoderError",
-    "ModelLoadError",
-    "ModelNotFoundError",
-    "load",
-    "load_config_of",
-    "load_variables",
-    "model_id",
-    "resolve",
-    "save_model",
-]
-
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 CONFIG_FILE, META_FILE, WEIGHTS_FILE = "config.json", "model.json", "model.safetensors"
