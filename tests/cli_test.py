@@ -3,8 +3,11 @@ the in-memory codec, file sizes match the nominal bitrate, bad input fails clear
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
+import re
+import zlib
 
 import numpy as np
 import pytest
@@ -13,8 +16,9 @@ from helpers import config, fast_init
 
 import hificodec_jax
 from hificodec_jax import cli
-from hificodec_jax.codec import model_io
-from hificodec_jax.codec.bitstream import CRC_SIZE, HEADER_SIZE, read_hfc
+from hificodec_jax.audio.audio_io import float_to_int16, resample
+from hificodec_jax.codec import files, model_io
+from hificodec_jax.codec.bitstream import CRC_SIZE, HEADER_SIZE, HEADER_SIZES, read_hfc
 from hificodec_jax.data.demo_audio import synthetic_speech
 
 
@@ -52,6 +56,7 @@ def test_encode_decode_files_equal_in_memory_codec(model_dir, tmp_path):
     got, sr = sf.read(out, dtype="float32")
     assert sr == 16000 and got.shape == expected.shape == (16000,)
     np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert sf.info(out).subtype == "PCM_16"  # was float32 before 16-bit PCM became the default
     # Size: 400 frames/s x 4 codes x 6 bits = 9600 bit/s -> 1 s = 1200 bytes + header + CRC.
     assert hificodec_jax.bitrate(config("tiny")) == 9600
     assert os.path.getsize(hfc) == 1200 + HEADER_SIZE + CRC_SIZE
@@ -89,8 +94,14 @@ def test_levels_halve_the_size_and_stereo_other_rate_is_converted(model_dir, tmp
     err = capsys.readouterr().err
     assert "mixed down to mono" in err and "resampled from 22050 Hz" in err
     assert os.path.getsize(hfc) == 600 + HEADER_SIZE + CRC_SIZE
-    cli.main(["decode", str(hfc), "--model", model_dir, "--out", str(tmp_path / "s_out.wav")])
+    # At the model's rate the decoded file has the input's length there; by default (not
+    # kept from before the input's rate was stored) it comes back at 22050 Hz.
+    out = ["--model", model_dir, "--out", str(tmp_path / "s_out.wav")]
+    cli.main(["decode", str(hfc), *out, "--model-rate"])
     assert sf.info(tmp_path / "s_out.wav").frames == 16000
+    cli.main(["decode", str(hfc), *out, "--overwrite"])
+    info = sf.info(tmp_path / "s_out.wav")
+    assert (info.samplerate, info.frames, info.subtype) == (22050, 22050, "PCM_16")
 
 
 def test_batch_mode_over_a_directory(model_dir, tmp_path):
@@ -151,6 +162,83 @@ def test_audio_with_nan_samples_is_refused_by_name(model_dir, tmp_path):
     assert not out.exists()
 
 
+def _fail(argv, status=2):
+    """The CliError of ``cli.main(argv)``: its exit status and message."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == status, str(info.value)
+    return str(info.value)
+
+
+def test_empty_inputs_are_an_error_and_create_nothing(model_dir, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not audio")
+    out = tmp_path / "x.hfc"
+    model = ["--model", model_dir, "--out", str(out)]
+    assert "no files (.wav" in _fail(["encode", str(tmp_path / "empty"), *model])
+    assert "no files match" in _fail(["encode", str(tmp_path / "*.flac"), *model])
+    assert "no such file or directory" in _fail(["encode", str(tmp_path / "nope.wav"), *model])
+    assert "no files (.hfc)" in _fail(["decode", str(tmp_path / "empty"), *model])
+    assert "hificodec-jax encode: no such file or directory" in capsys.readouterr().err
+    assert not out.exists()
+    _wav_file(tmp_path / "empty" / "a.wav", seconds=0.2)
+    # A directory input writes a directory: a file-like --out is refused before it is created.
+    assert "looks like a file name" in _fail(["encode", str(tmp_path / "empty"), *model])
+    assert not out.exists()
+
+
+def test_decode_restores_length_and_rate_as_16_bit_pcm(model_dir, tmp_path):
+    codec, variables = model_io.load(model_dir)
+    # 8 kHz, 0.3 s + 13 samples: not a whole number of frames at the model's rate either.
+    wav = synthetic_speech(8000, 0.3)
+    wav = np.concatenate([wav, wav[:13]])
+    sf.write(tmp_path / "n.wav", wav, 8000, subtype="FLOAT")
+    hfc, out = tmp_path / "n.hfc", tmp_path / "n_out.wav"
+    cli.main(["encode", str(tmp_path / "n.wav"), "--model", model_dir, "--out", str(hfc)])
+    codes, header = read_hfc(hfc)
+    assert (header.original_sample_rate, header.original_length) == (8000, 2413)
+    assert header.sample_rate == 16000 and header.num_frames == 4826 // 40
+    cli.main(["decode", str(hfc), "--model", model_dir, "--out", str(out)])
+    info = sf.info(out)
+    assert (info.samplerate, info.frames, info.subtype) == (8000, 2413, "PCM_16")
+    decoded = np.asarray(codec.apply(variables, codes, method="decode"))  # 4800 samples
+    decoded = np.pad(decoded, (0, 4826 - 4800))  # the partial last frame comes back silent
+    expected = resample(decoded, 16000, 8000)[:2413]
+    got, _ = sf.read(out, dtype="int16")
+    assert np.abs(got.astype(int) - float_to_int16(expected)).max() <= 2
+    cli.main(
+        ["decode", str(hfc), "--model", model_dir, "--out", str(out), "--float", "--overwrite"]
+    )
+    got, sr = sf.read(out, dtype="float32")
+    assert sf.info(out).subtype == "FLOAT" and sr == 8000
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    # At the model's rate: the input's length there (4826), its last 26 samples silent.
+    cli.main(
+        ["decode", str(hfc), "--model", model_dir, "--out", str(out), "--model-rate", "--overwrite"]
+    )
+    got, sr = sf.read(out, dtype="float32")
+    assert sr == 16000 and got.shape == (4826,) and not got[4800:].any()
+    np.testing.assert_allclose(got[:4800], decoded[:4800], atol=1e-4)
+
+
+def test_version_1_bitstream_still_decodes(model_dir, tmp_path):
+    _wav_file(tmp_path / "a.wav", seconds=0.3)
+    cli.main(
+        ["encode", str(tmp_path / "a.wav"), "--model", model_dir, "--out", str(tmp_path / "a.hfc")]
+    )
+    data = (tmp_path / "a.hfc").read_bytes()
+    # The same stream as format version 1 wrote it: no original_sample_rate (model-rate input).
+    body = data[:4] + b"\x01" + data[5 : HEADER_SIZES[1]] + data[HEADER_SIZES[2] : -CRC_SIZE]
+    (tmp_path / "old.hfc").write_bytes(body + zlib.crc32(body).to_bytes(4, "little"))
+    for name in ("a", "old"):
+        args = ["decode", str(tmp_path / f"{name}.hfc"), "--model", model_dir]
+        assert cli.main([*args, "--out", str(tmp_path / f"{name}_out.wav")]) == 0
+    new, sr_new = sf.read(tmp_path / "a_out.wav", dtype="int16")
+    old, sr_old = sf.read(tmp_path / "old_out.wav", dtype="int16")
+    assert sr_old == sr_new == 16000 and old.shape == new.shape == (4800,)
+    np.testing.assert_array_equal(old, new)
+
+
 def test_module_entry_point_prints_help():
     import subprocess
     import sys
@@ -163,3 +251,118 @@ def test_module_entry_point_prints_help():
     )
     for sub in ("convert", "encode", "decode", "roundtrip", "evaluate"):
         assert sub in out.stdout
+
+
+def test_errors_name_the_file(model_dir, tmp_path):
+    _wav_file(tmp_path / "a.wav", seconds=0.3)
+    hfc = tmp_path / "a.hfc"
+    cli.main(["encode", str(tmp_path / "a.wav"), "--model", model_dir, "--out", str(hfc)])
+    (tmp_path / "cut.hfc").write_bytes(hfc.read_bytes()[:100])
+    (tmp_path / "wav.hfc").write_bytes((tmp_path / "a.wav").read_bytes())
+    out = ["--model", model_dir, "--out", str(tmp_path / "o.wav")]
+    message = _fail(["decode", str(tmp_path / "cut.hfc"), *out], status=1)
+    assert message.startswith(f"{tmp_path / 'cut.hfc'}: truncated .hfc file (100 bytes")
+    message = _fail(["decode", str(tmp_path / "wav.hfc"), *out], status=1)
+    assert message.startswith(f"{tmp_path / 'wav.hfc'}: not a .hfc file (magic b'RIFF'")
+    message = _fail(["decode", str(tmp_path / "gone.hfc"), *out])
+    assert message == f"no such file or directory: {tmp_path / 'gone.hfc'}"
+    # A directory where --out's parent should be: the error names it, no temp file.
+    (tmp_path / "blocker").write_text("")
+    target = tmp_path / "blocker" / "x.hfc"
+    message = _fail(
+        ["encode", str(tmp_path / "a.wav"), "--model", model_dir, "--out", str(target)], 1
+    )
+    assert str(tmp_path / "blocker") in message and ".tmp" not in message
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_no_overwrite_without_flag_and_relative_paths_kept(model_dir, tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / "in" / sub).mkdir(parents=True)
+        _wav_file(tmp_path / "in" / sub / "x.wav", seconds=0.2 if sub == "a" else 0.3)
+    out = tmp_path / "out"
+    args = ["encode", str(tmp_path / "in"), "--model", model_dir, "--out", str(out)]
+    assert cli.main(args) == 0
+    names = sorted(str(p.relative_to(out)) for p in out.rglob("*.hfc"))
+    assert names == ["a/x.hfc", "b/x.hfc"]
+    assert [read_hfc(out / n)[1].num_frames for n in names] == [80, 120]  # 0.2 s, 0.3 s
+    before = {n: (out / n).read_bytes() for n in names}
+    (out / "a" / "x.hfc").write_bytes(b"edited")
+    assert "x.hfc exists (and 1 more); pass --overwrite" in _fail(args)
+    assert (out / "a" / "x.hfc").read_bytes() == b"edited"
+    assert cli.main([*args, "--overwrite"]) == 0
+    assert {n: (out / n).read_bytes() for n in names} == before
+    # Two inputs with one output name are refused before anything is written.
+    same = [str(tmp_path / "in" / s / "x.wav") for s in ("a", "b")]
+    message = _fail(["encode", *same, "--model", model_dir, "--out", str(tmp_path / "o2")])
+    assert "would both be written to" in message and not (tmp_path / "o2").exists()
+    single = ["encode", same[0], "--model", model_dir, "--out", str(out / "a" / "x.hfc")]
+    assert "pass --overwrite" in _fail(single)
+
+
+def test_levels_are_checked_before_any_audio_is_read(model_dir, tmp_path, capsys):
+    (tmp_path / "bad.wav").write_bytes(b"not audio at all")
+    args = ["encode", str(tmp_path / "bad.wav"), "--model", model_dir, "--out", str(tmp_path / "o")]
+    assert _fail([*args, "--levels", "3"]) == "--levels 3: this model has levels 1 to 2"
+    assert "cannot read audio" in _fail([*args, "--levels", "2"], status=1)
+    with pytest.raises(SystemExit) as info:  # argparse refuses 0 before loading the model
+        cli.main([*args, "--levels", "0"])
+    assert info.value.code == 2 and "must be a whole number >= 1" in capsys.readouterr().err
+
+
+def test_help_texts():
+    parser = cli.make_parser()
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    texts = [parser.format_help()]
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
+        texts.append(command.format_help())
+    for text in texts:
+        assert "``" not in text and not re.search(r":(func|class|mod|meth):", text), text
+    assert "export" in sub.choices["encode"].format_help()
+
+
+def test_short_files_of_a_directory_are_encoded_in_one_batch(model_dir, tmp_path, monkeypatch):
+    lengths = (2000, 3000, 4440)  # 50, 75 and 111 frames (+ 0 samples)
+    for i, n in enumerate(lengths):
+        sf.write(tmp_path / f"{i}.wav", synthetic_speech(16000, 1.0)[:n], 16000, subtype="FLOAT")
+    calls = []
+
+    def counting(fn):
+        def wrapped(codec, variables, items, **kw):
+            calls.append((fn.__name__, len(items)))
+            return fn(codec, variables, items, **kw)
+
+        return wrapped
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("short files must not be coded one window at a time")
+
+    monkeypatch.setattr(files, "encode_batch", counting(files.encode_batch))
+    monkeypatch.setattr(files, "decode_batch", counting(files.decode_batch))
+    monkeypatch.setattr(files, "chunked_encode", refuse)
+    monkeypatch.setattr(files, "chunked_decode", refuse)
+    out = tmp_path / "codes"
+    cli.main(["encode", *map(str, tmp_path.glob("*.wav")), "--model", model_dir, "--out", str(out)])
+    assert calls == [("encode_batch", 3)]
+    codec, variables = model_io.load(model_dir)
+    for i, n in enumerate(lengths):
+        codes, header = read_hfc(out / f"{i}.hfc")
+        wav, _ = sf.read(tmp_path / f"{i}.wav", dtype="float32")
+        expected = np.asarray(codec.apply(variables, wav, method="encode"))
+        assert codes.shape == (n // 40, 4) and header.original_length == n
+        assert (codes == expected).all(-1).mean() >= 0.98  # float-rounding near-ties only
+    cli.main(["decode", str(out), "--model", model_dir, "--out", str(tmp_path / "wavs")])
+    assert calls == [("encode_batch", 3), ("decode_batch", 3)]
+    assert [sf.info(tmp_path / "wavs" / f"{i}.wav").frames for i in range(3)] == list(lengths)
+
+
+def test_cli_lists_inputs_with_the_shared_extensions(tmp_path):
+    for name in ("a.opus", "b.m4a", "c.WAV", "d.txt", "e.hfc"):
+        (tmp_path / name).write_bytes(b"")
+    assert not hasattr(cli, "AUDIO_EXTENSIONS") and not hasattr(cli, "_expand")
+    assert [rel for _, rel in cli._inputs([str(tmp_path)], audio=True)] == [
+        "a.opus", "b.m4a", "c.WAV",
+    ]  # fmt: skip
+    assert [rel for _, rel in cli._inputs([str(tmp_path)], audio=False)] == ["e.hfc"]
