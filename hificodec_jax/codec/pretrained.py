@@ -81,14 +81,14 @@ def _entry(name: str) -> HubModel:
 
 def _fetch_checkpoint(name: str, entry: HubModel, revision: str | None, force: bool) -> str:
     """The cached ``.pth`` path (downloaded if needed) or a :class:`ModelDownloadError`."""
-    import huggingface_hub
+    from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     from hificodec_jax import __version__
 
     where = f"{entry.repo_id}/{entry.filename}" + (f"@{revision}" if revision else "")
     try:
-        return huggingface_hub.hf_hub_download(
+        return hf_hub_download(
             entry.repo_id,
             entry.filename,
             revision=revision,
@@ -99,7 +99,7 @@ def _fetch_checkpoint(name: str, entry: HubModel, revision: str | None, force: b
     except LocalEntryNotFoundError as e:
         why = (
             "offline mode is on (HF_HUB_OFFLINE)"
-            if huggingface_hub.is_offline_mode()
+            if constants.HF_HUB_OFFLINE
             else f"the Hub cannot be reached: {e.__cause__ or e}"
         )
         raise ModelDownloadError(
