@@ -50,10 +50,10 @@ for name, (filename, config) in spec["models"].items():
 conversions = []
 real_convert = convert.convert_checkpoint
 convert.convert_checkpoint = lambda *a, **k: conversions.append(a[0]) or real_convert(*a, **k)
-for action, name in spec["actions"]:
+for action, name, revision in spec["actions"]:
     try:
         if action == "load":
-            codec, variables = hificodec_jax.load(name, inference=False)
+            codec, variables = hificodec_jax.load(name, inference=False, revision=revision)
             result = {"model_id": model_io.model_id(variables).hex(), "hop": codec.hop}
         else:
             out = io.StringIO()
@@ -194,14 +194,15 @@ def online(hub, tmp_path_factory):
     """One online process: load twice, ``hificodec-jax download``, then the failing files."""
     hf_home = tmp_path_factory.mktemp("hf_home")
     actions = [
-        ("load", "tiny-test"),
-        ("load", "tiny-test"),
-        ("cli", "tiny-test"),
-        ("load", "tiny-server-error"),
-        ("load", "tiny-cut"),
-        ("load", "tiny-damaged"),
-        ("load", "tiny-tset"),
-        ("cli", "tiny-tset"),
+        ("load", "tiny-test", None),
+        ("load", "tiny-test", None),
+        ("cli", "tiny-test", None),
+        ("load", "tiny-test", COMMIT),  # a pinned commit that is cached: no request at all
+        ("load", "tiny-server-error", None),
+        ("load", "tiny-cut", None),
+        ("load", "tiny-damaged", None),
+        ("load", "tiny-tset", None),
+        ("cli", "tiny-tset", None),
     ]
     log_start = len(hub.log)
     results = run(hub, hf_home, actions)
@@ -210,9 +211,9 @@ def online(hub, tmp_path_factory):
 
 def test_first_call_downloads_and_converts_then_the_cache_serves(online, hub, expected_id):
     hf_home, results, log = online
-    first, second, cli = results[0], results[1], results[2]
+    first, second, cli, pinned = results[0], results[1], results[2], results[3]
     assert first == {"model_id": expected_id, "hop": 40, "conversions": 1}
-    assert second == first  # no second conversion
+    assert second == first == pinned  # no second conversion
     assert cli["conversions"] == 1
     (model,) = [d for d in converted_dirs(hf_home) if d.name == "g_tiny"]
     assert model == hf_home / "assets/hificodec_jax/test-org--tiny-codec" / COMMIT / "g_tiny"
@@ -227,7 +228,7 @@ def test_first_call_downloads_and_converts_then_the_cache_serves(online, hub, ex
 
 def test_failed_downloads_leave_no_model_behind(online):
     hf_home, results, log = online
-    error, cut, damaged = results[3], results[4], results[5]
+    error, cut, damaged = results[4], results[5], results[6]
     for r, name in ((error, "tiny-server-error"), (cut, "tiny-cut")):
         assert r.get("error") == "ModelDownloadError", r
         assert r["message"].startswith(f"downloading model {name!r} ({HUB_REPO}/g_")
@@ -245,7 +246,7 @@ def test_failed_downloads_leave_no_model_behind(online):
 
 def test_a_wrong_name_lists_the_valid_ones(online):
     _, results, _ = online
-    load, cli = results[6], results[7]
+    load, cli = results[7], results[8]
     assert load["error"] == "ModelNotFoundError"
     assert "no model directory 'tiny-tset', and no released model of that name" in load["message"]
     for r in (load, cli):
@@ -259,7 +260,10 @@ def test_offline_uses_the_cache_and_says_what_to_do_without_it(online, hub, expe
     hf_home, _, _ = online
     log_start = len(hub.log)
     cached, missing = run(
-        hub, hf_home, [("load", "tiny-test"), ("load", "tiny-server-error")], offline=True
+        hub,
+        hf_home,
+        [("load", "tiny-test", None), ("load", "tiny-server-error", None)],
+        offline=True,
     )
     assert hub.log[log_start:] == []  # no request at all
     assert cached == {"model_id": expected_id, "hop": 40, "conversions": 0}
