@@ -98,6 +98,9 @@ def base_config(
     config.eval_every = 5000
     config.checkpoint_every = 5000  # ref checkpoint_interval
     config.keep_checkpoints = 3
+    # ours: a model directory or released model name whose generator and codebooks start the
+    # training (fresh discriminators and optimizer states); empty: random initialisation.
+    config.init_from = ""
     return config
 
 
@@ -155,7 +158,9 @@ def optim_config() -> ml_collections.ConfigDict:
         b2=0.9,  # ref adam_b2
         eps=1e-8,  # ref (torch Adam default)
         lr_decay=0.98,  # ref lr_decay (per epoch in the reference)
-        decay_steps=1000,  # ours: the reference decays per epoch; here per decay_steps steps
+        # ref: lr x lr_decay once per epoch (training clips // batch_size steps, computed and
+        # logged at start; 0 = per epoch); > 0 decays every decay_steps steps instead (ours).
+        decay_steps=0,
         warmup_steps=0,  # ref: none
         grad_clip_norm=0.0,  # ref: none (0 disables)
     )

@@ -3,6 +3,7 @@ states, and clear errors for damaged checkpoints."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import logging as absl_logging
 
 from hificodec_jax.training.checkpoint import EVAL_METRIC, Checkpointer, CheckpointError
 
@@ -71,6 +73,23 @@ def test_damaged_checkpoint_gives_a_clear_error(tmp_path):
     assert damaged
     with pytest.raises(CheckpointError, match="step 1"):
         Checkpointer(str(tmp_path)).restore(_abstract())
+
+
+@pytest.mark.parametrize("verbosity, shown", [(0, False), (1, True)])
+def test_orbax_info_lines_only_at_verbosity_1(tmp_path, caplog, verbosity, shown):
+    # orbax logs dozens of INFO lines per save through absl; --verbosity=1 brings them back.
+    caplog.set_level(logging.DEBUG)
+    before = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(verbosity)
+    try:
+        ckpt = Checkpointer(str(tmp_path), save_every=1)
+        assert ckpt.save(1, _state(1.0))
+        ckpt.close()
+    finally:
+        absl_logging.set_verbosity(before)
+    orbax = [r for r in caplog.records if f"{os.sep}orbax{os.sep}" in r.pathname]
+    assert bool(orbax) == shown
+    assert Checkpointer(str(tmp_path)).latest_step() == 1
 
 
 def test_missing_checkpoint_names_the_directory(tmp_path):

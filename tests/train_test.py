@@ -1,6 +1,8 @@
 """The training loop end to end on the tiny config: a run preempted by SIGTERM checkpoints and
 resumes bit-exactly (N straight == preempted at k + restart), bad files are skipped,
-TensorBoard events and the generator export are written."""
+TensorBoard events and the generator export are written, the log says what a user needs
+(epoch length, evaluation, a closing line; no orbax chatter) and a finished job reruns as a
+no-op."""
 
 from __future__ import annotations
 
@@ -96,6 +98,31 @@ def test_preempted_run_resumes_bit_exactly(data_dir, tmp_path, caplog):
     for a, b in zip(
         jax.tree.leaves(jax.device_get(straight)),
         jax.tree.leaves(jax.device_get(resumed)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # The log: the epoch length and decay interval at start, no orbax lines, evaluation tags
+    # named like the training ones, one closing line saying where things are.
+    text = caplog.text
+    assert re.search(r"epoch: \d+ training clips // batch 8 = 1 steps; learning rate x0.98 "
+                     r"every 1 \(G\) / 1 \(D\) steps", text)  # fmt: skip
+    assert not [r for r in caplog.records if f"{os.sep}orbax{os.sep}" in r.pathname]
+    evals = [r.args[1] for r in caplog.records if r.msg.startswith("eval at step")]
+    streams = {f"eval/perplexity_r{r}g{g}" for r in (0, 1) for g in (0, 1)}
+    assert evals and all(
+        set(m) == {"eval/mel_distance", "eval/dead_codes"} | streams for m in evals
+    )
+    done = f"done: {total} steps, final g_total="
+    assert done in text and f"exported to {tmp_path / 'a' / 'export'}" in text
+    assert f"tensorboard --logdir {tmp_path / 'a' / 'tensorboard'}" in text
+    # Running the finished job again does nothing (no compile) and returns its final state.
+    caplog.clear()
+    again = train_and_evaluate(tiny_train_config(data_dir, total), str(tmp_path / "a"))
+    assert f"already at step {total} (total_steps {total}): nothing to do" in caplog.text
+    assert "compiled the" not in caplog.text and "done:" not in caplog.text
+    for a, b in zip(
+        jax.tree.leaves(jax.device_get(again)),
+        jax.tree.leaves(jax.device_get(straight)),
         strict=True,
     ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -6,10 +6,12 @@ run continues on exactly the next batch. Saves are asynchronous; orbax writes in
 directory and renames it on success, so a crash mid-save leaves the previous checkpoint intact
 and a half-written one is never picked up. Kept: the last ``keep`` checkpoints plus the best by
 the eval metric (lower mel distance). A state containing NaN/inf is refused before saving.
+orbax's own INFO lines are dropped unless absl's ``--verbosity`` is 1 or more.
 """
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 
 import jax
@@ -18,6 +20,25 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 EVAL_METRIC = "eval/mel_distance"
+
+
+class _QuietOrbax(std_logging.Filter):
+    """Drops orbax's INFO lines (dozens per save) unless absl's ``--verbosity`` is 1 or more."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        if record.levelno > std_logging.INFO or logging.get_verbosity() >= 1:
+            return True
+        return f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+_QUIET_ORBAX = _QuietOrbax()
+
+
+def quiet_orbax_logs() -> None:
+    """Install the filter on absl's logger, through which orbax logs (idempotent)."""
+    logger = logging.get_absl_logger()
+    if _QUIET_ORBAX not in logger.filters:
+        logger.addFilter(_QUIET_ORBAX)
 
 
 class CheckpointError(RuntimeError):
@@ -45,6 +66,7 @@ class Checkpointer:
         self, directory: str, *, keep: int = 3, save_every: int = 5000, async_: bool = True
     ):
         self.directory = os.path.abspath(directory) if "://" not in directory else directory
+        quiet_orbax_logs()
         policy = ocp.checkpoint_managers.AnyPreservationPolicy(
             [
                 ocp.checkpoint_managers.LatestN(keep),

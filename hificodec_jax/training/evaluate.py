@@ -39,8 +39,26 @@ def make_eval_step(codec, config: ml_collections.ConfigDict):
     return step
 
 
-def evaluate(eval_step, params, vq, eval_batches, writer, step: int, sample_rate: int, mesh):
-    """Mel distance (reference mel1024 L1 over valid frames) and codebook usage on held-out data.
+def stream_names(num_streams: int, num_groups: int) -> list[str]:
+    """``r{level}g{group}`` for each code stream, level-major (the quantizer's code order): the
+    suffixes of the ``vq/perplexity_*`` training tags and the ``eval/perplexity_*`` tags."""
+    return [f"r{i // num_groups}g{i % num_groups}" for i in range(num_streams)]
+
+
+def evaluate(
+    eval_step,
+    params,
+    vq,
+    eval_batches,
+    writer,
+    step: int,
+    sample_rate: int,
+    mesh,
+    num_groups: int,
+) -> dict:
+    """Mel distance (reference mel1024 L1 over valid frames) and codebook usage on held-out data:
+    ``eval/mel_distance``, ``eval/dead_codes`` and ``eval/perplexity_r{level}g{group}`` (named
+    as the training step's ``vq/`` tags) for a quantizer of ``num_groups`` groups.
 
     Every process evaluates every clip; the batches enter as arrays replicated over ``mesh``.
     Returns the scalars written (``{}`` when there was no held-out clip).
@@ -62,7 +80,8 @@ def evaluate(eval_step, params, vq, eval_batches, writer, step: int, sample_rate
         EVAL_METRIC: l1_sum / max(frames, 1.0),
         "eval/dead_codes": float((counts == 0).sum()),
     }
-    metrics.update({f"eval/perplexity_{i}": float(v) for i, v in enumerate(ppl)})
+    names = stream_names(counts.shape[0], num_groups)
+    metrics.update({f"eval/perplexity_{n}": float(v) for n, v in zip(names, ppl, strict=True)})
     writer.scalars(step, metrics)
     wav, wav_hat, m, m_hat = first
     writer.audio(step, "eval/reconstruction", wav_hat, sample_rate)

@@ -1,0 +1,112 @@
+"""Fine-tuning: a fresh train state whose generator and codebooks come from a trained model.
+
+``config.init_from`` names a model directory (a training ``export``, a converted checkpoint) or
+a released model (``hificodec_jax.load`` resolves both). The discriminators, their spectral-norm
+vectors and both optimizer states stay as initialised (the released models ship no
+discriminators). Codebooks move between the two quantizer modes: a model's ``params`` codebooks
+("loss" mode) become the ``vq`` collection for EMA training, and the other way round.
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from hificodec_jax.training.step import TrainState
+
+
+def ema_state_from_codebooks(codebooks: np.ndarray) -> dict:
+    """An initialised EMA ``vq`` state for trained ``codebooks [R, G, K, d]``: unit cluster
+    sizes and sums equal to the codebooks, so no k-means runs and every code starts at the
+    dead-code threshold's default of 1."""
+    codebooks = np.asarray(codebooks, np.float32)
+    return {
+        "codebooks": codebooks,
+        "cluster_size": np.ones(codebooks.shape[:-1], np.float32),
+        "embed_sum": codebooks.copy(),
+        "initialized": np.ones((), bool),
+    }
+
+
+def generator_variables(variables: dict, update: str) -> tuple[dict, dict]:
+    """``(g_params, vq)`` in the layout a train state with quantizer ``update`` mode holds,
+    from a model's stored ``variables`` (either mode)."""
+    params = {k: v for k, v in variables["params"].items() if k != "quantizer"}
+    quantizer = dict(variables["params"].get("quantizer", {}))
+    stored_vq = dict(variables.get("vq", {}).get("quantizer", {}))
+    codebooks = quantizer.pop("codebooks", None)
+    if codebooks is None:
+        codebooks = stored_vq.get("codebooks")
+    if codebooks is None:
+        raise ValueError("the model has no codebooks (params/quantizer or vq/quantizer)")
+    if quantizer:
+        params["quantizer"] = quantizer
+    if update == "loss":
+        params["quantizer"] = {**quantizer, "codebooks": codebooks}
+        return params, {}
+    if bool(np.asarray(stored_vq.get("initialized", False))) and "cluster_size" in stored_vq:
+        return params, {"quantizer": stored_vq}  # an EMA-trained model: keep its statistics
+    return params, {"quantizer": ema_state_from_codebooks(codebooks)}
+
+
+def init_from_model(state: TrainState, config: ml_collections.ConfigDict) -> TrainState:
+    """``state`` with its generator and codebooks replaced by those of ``config.init_from``.
+
+    Raises ``ValueError`` naming the model when it has no encoder, another sample rate, or a
+    generator whose variables do not match the config's (train with the model's architecture).
+    """
+    import hificodec_jax
+    from hificodec_jax.codec.model_io import load_config_of
+
+    name = config.init_from
+    _, variables = hificodec_jax.load(name, inference=False)
+    if "encoder" not in variables["params"]:
+        raise ValueError(
+            f"init_from={name!r} is a decoder-only model: fine-tuning needs an encoder"
+        )
+    model_sr = int(load_config_of(name).audio.sample_rate)
+    if model_sr != config.audio.sample_rate:
+        raise ValueError(
+            f"init_from={name!r} is a {model_sr} Hz model; the config trains at "
+            f"{config.audio.sample_rate} Hz"
+        )
+    host = jax.tree.map(np.asarray, variables)
+    g_params, vq = generator_variables(host, config.model.quantizer.update)
+    g_params = _placed(g_params, state.g_params, name, "params")
+    vq = _placed(vq, state.vq, name, "vq")
+    logging.info("fine-tuning from %s: generator and codebooks loaded", name)
+    return state.replace(g_params=g_params, vq=vq)
+
+
+def _placed(tree, like, name: str, collection: str):
+    """``tree`` as arrays with ``like``'s dtypes and shardings; a clear error where the two
+    differ in structure or shape."""
+    got = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    want = jax.tree_util.tree_flatten_with_path(like)[0]
+    for path, leaf in want:
+        key = jax.tree_util.keystr(path)
+        if key not in got:
+            raise ValueError(
+                f"init_from={name!r}: the model has no {collection}{key}, which the config's "
+                "generator has: train with the model's architecture (its config.json)"
+            )
+        if tuple(np.shape(got[key])) != tuple(leaf.shape):
+            raise ValueError(
+                f"init_from={name!r}: {collection}{key} has shape {np.shape(got[key])} in the "
+                f"model, {tuple(leaf.shape)} in the config's generator: train with the model's "
+                "architecture (its config.json)"
+            )
+    extra = sorted(set(got) - {jax.tree_util.keystr(p) for p, _ in want})
+    if extra:
+        raise ValueError(
+            f"init_from={name!r}: the model's {collection}{extra[0]} is not in the config's "
+            "generator: train with the model's architecture (its config.json)"
+        )
+
+    def put(path, leaf):
+        x = np.asarray(got[jax.tree_util.keystr(path)], leaf.dtype)
+        return jax.make_array_from_callback(x.shape, leaf.sharding, lambda index: x[index])
+
+    return jax.tree_util.tree_map_with_path(put, like)
