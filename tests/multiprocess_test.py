@@ -37,7 +37,7 @@ from helpers import smooth_adam, tiny_train_config, write_clips, xla_flags
 
 import hificodec_jax
 from hificodec_jax.data import input_pipeline
-from hificodec_jax.data.sources import make_sources
+from hificodec_jax.data.sources import make_sources, steps_per_epoch
 from hificodec_jax.factory import hop_length
 from hificodec_jax.training import sharding
 from hificodec_jax.training.checkpoint import Checkpointer
@@ -88,8 +88,8 @@ def _single_process_reference(data_dir, workdir):
     cfg = smooth_adam(tiny_train_config(str(data_dir), STEPS))
     cfg.mesh.fsdp, cfg.mesh.fsdp_min_size = FSDP, 0
     mesh = sharding.make_mesh(jax.devices()[:4], fsdp=FSDP)
-    _, init, abstract, step_fn = build(cfg, mesh)
     train_src, _ = make_sources(cfg, str(workdir))
+    _, init, abstract, step_fn = build(cfg, mesh, steps_per_epoch(len(train_src), cfg.batch_size))
     iters = [
         iter(
             input_pipeline.make_train_dataset(
