@@ -94,6 +94,9 @@ def base_config(
     config.mesh = ml_collections.ConfigDict(dict(fsdp=1, fsdp_min_size=2**14))
     config.batch_size = 64  # ref: global batch 64 (8 per GPU x 8 GPUs) for 16k-320d
     config.total_steps = 1_000_000  # ours; the reference trains 2000 epochs
+    # ours: "bfloat16" runs the generator's and discriminators' convs and activations in bf16
+    # (params, optimizer, VQ, STFT/mel and losses stay float32; factory.compute_dtype).
+    config.precision = "float32"
     config.log_every = 50
     config.eval_every = 5000
     config.checkpoint_every = 5000  # ref checkpoint_interval

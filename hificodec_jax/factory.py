@@ -10,6 +10,7 @@ import importlib.util
 import math
 import os
 
+import jax.numpy as jnp
 import ml_collections
 
 from hificodec_jax.models.codec import Codec
@@ -26,6 +27,17 @@ def _family(name: str):
 
         return seanet.SeanetEncoder, seanet.SeanetDecoder, "strides", "strides"
     raise ValueError(f"unknown model family {name!r}; one of ['hifigan', 'seanet']")
+
+
+PRECISIONS = ("float32", "bfloat16")
+
+
+def compute_dtype(config: ml_collections.ConfigDict):
+    """The networks' compute dtype from ``config.precision`` (float32 when absent)."""
+    precision = config.get("precision", "float32")
+    if precision not in PRECISIONS:
+        raise ValueError(f"config.precision must be one of {PRECISIONS}, got {precision!r}")
+    return jnp.dtype(precision)
 
 
 def _as_dict(cfg) -> dict:
@@ -59,14 +71,15 @@ def build_codec(config: ml_collections.ConfigDict, *, weight_norm: bool = True) 
     encoder = enc_cls(latent_dim=d, weight_norm=weight_norm, **enc_cfg)
     decoder = dec_cls(weight_norm=weight_norm, **dec_cfg)
     quantizer = GroupResidualVQ(dim=d, **_as_dict(model.quantizer))
-    return Codec(encoder=encoder, quantizer=quantizer, decoder=decoder, hop=hop)
+    dtype = compute_dtype(config)
+    return Codec(encoder=encoder, quantizer=quantizer, decoder=decoder, hop=hop, dtype=dtype)
 
 
 def build_discriminators(config: ml_collections.ConfigDict):
     """The ``Discriminators`` module for a config's ``disc`` section."""
     from hificodec_jax.models.discriminators import Discriminators  # noqa: PLC0415
 
-    return Discriminators(**_as_dict(config.disc))
+    return Discriminators(**_as_dict(config.disc), dtype=compute_dtype(config))
 
 
 def hop_length(config: ml_collections.ConfigDict) -> int:

@@ -69,6 +69,24 @@ def test_train_step_lowers_to_native_convs(tiny_step, platforms):
     assert "xla_cpu" not in text and "ynn" not in text.lower()
 
 
+def _convolution_types(text: str) -> set[tuple[str, ...]]:
+    """Element types ``(lhs, rhs, out)`` of the program's convolutions."""
+    sig = r"stablehlo\.convolution.*: \(tensor<\S+x(\w+)>, tensor<\S+x(\w+)>\) -> tensor<\S+x(\w+)>"
+    return set(re.findall(sig, text))
+
+
+def test_bf16_train_step_for_tpu_convolves_in_bf16():
+    cfg = config("tiny")
+    cfg.precision = "bfloat16"
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    _, _, abstract, step = build(cfg, mesh)
+    text = jax.export.export(step, platforms=["tpu"])(abstract, batch_spec(cfg, mesh))
+    text = text.mlir_module()
+    assert _convolution_types(text) == {("bf16", "bf16", "bf16")}  # generator and all three Ds
+    assert text.count("stablehlo.convolution") > 100
+    assert "stablehlo.fft" in text and "complex<f32>" in text  # STFT and mel in float32
+
+
 @pytest.fixture(scope="module")
 def grvq4():
     codec = hificodec_jax.build_codec(config("grvq4"), weight_norm=False)

@@ -125,6 +125,9 @@ class Codec(nn.Module):
     quantizer: GroupResidualVQ
     decoder: nn.Module
     hop: int
+    # Compute dtype of the encoder and decoder (convolutions, activations); parameters, the
+    # quantizer (distances, EMA statistics) and the outputs stay float32.
+    dtype: jnp.dtype = jnp.float32
 
     def bitrate(self, sample_rate: float, num_levels: int | None = None) -> float:
         """Nominal bits per second at ``sample_rate``: frames/s x codebooks used x log2(K)."""
@@ -169,10 +172,10 @@ class Codec(nn.Module):
         """Full round trip. ``lengths [B]`` (samples) masks padded frames out of losses/stats."""
         wav, squeeze = check_wav(wav, self.hop)
         lengths, mask = self._frames(wav, lengths)
-        z = self.encoder(wav[..., None], lengths)  # [B, F, D]
+        z = self._encoder(wav, lengths)  # [B, F, D]
         q = self.quantizer(z, None if lengths is None else mask, train=train, num_levels=num_levels)
         frame_lengths = None if lengths is None else lengths // self.hop
-        wav_hat = self.decoder(q.z_q, frame_lengths)  # [B, F*hop]
+        wav_hat = self._decoder(q.z_q, frame_lengths)  # [B, F*hop]
         if lengths is not None:
             wav_hat = wav_hat * jnp.repeat(mask, self.hop, axis=1).astype(wav_hat.dtype)
         stats = CodecStats(q.counts, q.perplexity, q.dead_codes, q.commitment, q.codebook_loss)
@@ -193,7 +196,7 @@ class Codec(nn.Module):
         """``wav [B, T]`` -> ``codes [B, F, L*G]`` int32 (no codebook update)."""
         wav, squeeze = check_wav(wav, self.hop)
         lengths, mask = self._frames(wav, lengths)
-        z = self.encoder(wav[..., None], lengths)
+        z = self._encoder(wav, lengths)
         codes = self.quantizer(z, mask, num_levels=num_levels).codes
         return codes[0] if squeeze else codes
 
@@ -201,12 +204,12 @@ class Codec(nn.Module):
         """``wav [B, T]`` -> encoder latent ``z [B, F, D]`` (before quantization)."""
         wav, squeeze = check_wav(wav, self.hop)
         lengths, _ = self._frames(wav, lengths)
-        z = self.encoder(wav[..., None], lengths)
+        z = self._encoder(wav, lengths)
         return z[0] if squeeze else z
 
     def quantize(self, z: jax.Array, *, num_levels: int | None = None):
         """``z [B, F, D]`` -> :class:`QuantizerOutput` (inference: no codebook update)."""
-        return self.quantizer(z, num_levels=num_levels)
+        return self.quantizer(z.astype(jnp.float32), num_levels=num_levels)
 
     def decode(self, codes: jax.Array, frame_lengths: jax.Array | None = None) -> jax.Array:
         """``codes [B, F, L*G]`` -> ``wav_hat [B, F*hop]``; fewer levels give lower bitrate.
@@ -226,11 +229,19 @@ class Codec(nn.Module):
                 np.any(np.asarray(frame_lengths) < 1) or np.any(np.asarray(frame_lengths) > f)
             ):
                 raise ValueError(f"frame_lengths must be in [1, {f}] frames, got {frame_lengths}")
-        wav_hat = self.decoder(self.quantizer.decode_codes(codes), frame_lengths)
+        wav_hat = self._decoder(self.quantizer.decode_codes(codes), frame_lengths)
         if frame_lengths is not None:
             wav_hat = wav_hat * _sample_mask(frame_lengths, f, self.hop).astype(wav_hat.dtype)
         return wav_hat[0] if squeeze else wav_hat
 
     def decode_latent(self, z_q: jax.Array) -> jax.Array:
         """Decoder alone: ``z_q [B, F, D]`` -> ``wav_hat [B, F*hop]``."""
-        return self.decoder(z_q, None)
+        return self._decoder(z_q, None)
+
+    def _encoder(self, wav, lengths):
+        """``wav [B, T]`` -> float32 ``z [B, F, D]``, computed in ``dtype``."""
+        return self.encoder(wav[..., None].astype(self.dtype), lengths).astype(jnp.float32)
+
+    def _decoder(self, z_q, frame_lengths):
+        """``z_q [B, F, D]`` -> float32 ``wav_hat [B, F*hop]``, computed in ``dtype``."""
+        return self.decoder(z_q.astype(self.dtype), frame_lengths).astype(jnp.float32)

@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 __all__ = ["DiscriminatorFamily", "SubDiscriminator", "assemble"]
 
@@ -36,6 +37,8 @@ class SubDiscriminator:
     module: nn.Module  # unbound (parent=None) network
     prepare: Callable[[jax.Array], jax.Array] | None = None  # applied to wav first (MSD's pools)
     spectral: bool = False  # has "spectral" (power-iteration) variables; takes update_stats
+    # Compute dtype (None: the input's); the logits and feature maps come back float32.
+    dtype: jnp.dtype | None = None
 
     @property
     def num_fmaps(self) -> int:
@@ -53,11 +56,12 @@ class SubDiscriminator:
 
     def run(self, module: nn.Module, wav: jax.Array, *, update_stats: bool = False):
         """Call ``module`` (this unit's network, bound or inside a parent) on ``wav``."""
+        if self.dtype is not None:
+            wav = wav.astype(self.dtype)
         if self.prepare is not None:
             wav = self.prepare(wav)
-        if self.spectral:
-            return module(wav, update_stats=update_stats)
-        return module(wav)
+        out = module(wav, update_stats=update_stats) if self.spectral else module(wav)
+        return out if self.dtype is None else jax.tree.map(lambda a: a.astype(jnp.float32), out)
 
     def apply(self, params, spectral, wav: jax.Array, *, update_stats: bool = False):
         """``wav [B, T] -> ((logits, fmaps), new spectral subtree)`` with this one's variables.

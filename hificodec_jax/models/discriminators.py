@@ -14,10 +14,12 @@ Parity was checked once against torch 2.13's ``weight_norm``/``spectral_norm``/`
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from hificodec_jax.models import period_discriminator, scale_discriminator, stft_discriminator
 from hificodec_jax.models.discriminator_units import (
@@ -100,6 +102,8 @@ class Discriminators(nn.Module):
     mpd_channels: Sequence[int] = MPD_CHANNELS
     msd_layers: Sequence[tuple[int, int, int, int]] = MSD_LAYERS
     stft_filters: int = 32
+    # Compute dtype of every sub-discriminator; the logits and feature maps come back float32.
+    dtype: jnp.dtype = jnp.float32
 
     def setup(self):
         for name, fam in family_modules(self).items():
@@ -110,10 +114,12 @@ class Discriminators(nn.Module):
     ) -> dict[str, list[tuple[jax.Array, list[jax.Array]]]]:
         if wav.ndim != 2:
             raise ValueError(f"expected wav [B, T], got shape {wav.shape}")
-        return {
+        wav = wav.astype(self.dtype)
+        out = {
             name: getattr(self, FAMILY_MODULES[name])(wav, update_stats=update_stats)
             for name in self.families
         }
+        return jax.tree.map(lambda a: a.astype(jnp.float32), out)
 
 
 def family_modules(discs: Discriminators) -> dict[str, DiscriminatorFamily]:
@@ -126,4 +132,8 @@ def family_modules(discs: Discriminators) -> dict[str, DiscriminatorFamily]:
 
 def sub_discriminators(discs: Discriminators) -> list[SubDiscriminator]:
     """The sub-discriminators of ``discs`` in its output order (families, then index)."""
-    return [u for fam in family_modules(discs).values() for u in fam.units()]
+    return [
+        dataclasses.replace(u, dtype=discs.dtype)
+        for fam in family_modules(discs).values()
+        for u in fam.units()
+    ]

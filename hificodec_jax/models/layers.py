@@ -275,11 +275,12 @@ class MaskedGroupNorm(nn.Module):
         xg = x.reshape(b, t, self.num_groups, c // self.num_groups)
         if self.is_mutable_collection(NORM_INPUTS) and not self.is_initializing():
             self.sow(NORM_INPUTS, "x", (xg, jnp.ones((b, t), bool) if mask is None else mask))
+        xg = xg.astype(jnp.float32)  # statistics and normalisation in float32 under bf16
         if mask is None:
             mean = jnp.mean(xg, axis=(1, 3), keepdims=True)
             var = jnp.mean(jnp.square(xg - mean), axis=(1, 3), keepdims=True)
         else:
-            w = mask.astype(x.dtype)[:, :, None, None]
+            w = mask.astype(xg.dtype)[:, :, None, None]
             n = jnp.maximum(jnp.sum(w, axis=1, keepdims=True), 1.0) * (c // self.num_groups)
             mean = jnp.sum(xg * w, axis=(1, 3), keepdims=True) / n
             var = jnp.sum(jnp.square(xg - mean) * w, axis=(1, 3), keepdims=True) / n
@@ -288,7 +289,7 @@ class MaskedGroupNorm(nn.Module):
             mean = jnp.where(use, self.get_variable(NORM_STATS, "mean")[:, None], mean)
             var = jnp.where(use, self.get_variable(NORM_STATS, "var")[:, None], var)
         y = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(b, t, c)
-        return y * scale + bias
+        return (y * scale + bias).astype(x.dtype)
 
 
 def group_moments(xg: jax.Array, weight: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

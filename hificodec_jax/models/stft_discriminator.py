@@ -38,8 +38,9 @@ def stft_features(wav: jax.Array, n_fft: int, hop: int) -> jax.Array:
     center=False, power=None)`` followed by ``cat([real, imag], dim=1)`` and the reference's
     ``b c w t -> b c t w`` rearrange, in channels-last layout.
     """
-    window = hann_window(n_fft, periodic=True, dtype=wav.dtype)
-    spec = stft(wav, n_fft, hop, window=window, center=False)  # [B, T', F] complex
+    # In float32 whatever the network's compute dtype (bf16 has no FFT, and too few bits).
+    window = hann_window(n_fft, periodic=True, dtype=jnp.float32)
+    spec = stft(wav.astype(jnp.float32), n_fft, hop, window=window, center=False)  # [B, T', F]
     w64 = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)  # the same window, in numpy
     spec = spec / math.sqrt(float(np.sum(np.square(w64))))
     return jnp.stack([spec.real, spec.imag], axis=-1).astype(wav.dtype)
