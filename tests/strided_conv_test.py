@@ -126,3 +126,27 @@ def test_dilated_strided_axis_and_short_input_are_refused():
     for bad in itertools.product([(1, 1)], [((1, 1),)]):  # wrong number of stride entries
         with pytest.raises(ValueError, match="entries"):
             space_to_depth_conv(x, w, *bad)
+
+
+def test_one_program_for_every_platform_carries_each_platform_form():
+    """Exported for CPU, CUDA and TPU at once, MSD's strided grouped conv (and its gradients)
+    holds both forms: the looped dense convs for CPU, XLA's strided grouped conv for the
+    others; run here (its CPU branch), it equals the strided conv."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((2, 40, 8)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((41, 2, 12)), jnp.float32)
+    args = ((4,), ((20, 20),), (1,), 4)
+
+    def value_and_grads(fn):
+        return jax.jit(jax.value_and_grad(lambda a, b: jnp.sum(jnp.sin(fn(a, b, *args))), (0, 1)))
+
+    ours = value_and_grads(lambda a, b, *rest: _ours(a, b, *rest, True))
+    exported = jax.export.export(ours, platforms=["cpu", "cuda", "tpu"])(x, w)
+    text = exported.mlir_module()
+    assert "stablehlo.while" in text  # the CPU form's group loops
+    assert "feature_group_count = 4" in text  # the native form
+    assert "stride = [4]" in text  # ... with its window stride
+    (value, grads), (value_ref, grads_ref) = exported.call(x, w), value_and_grads(_reference)(x, w)
+    np.testing.assert_allclose(value, value_ref, rtol=1e-5)
+    for a, b in zip(grads, grads_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
