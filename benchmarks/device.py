@@ -14,9 +14,10 @@ bfloat16, as one JSON line on stdout (progress on stderr).
   programs are also measured against the bf16 peak.
 
 Weights are random (throughput does not depend on their values). A case that fails (e.g. out
-of memory) is reported with its error instead of its figures. The whole run is sized for under
-8 minutes on one H100/H200. ``--smoke`` runs the same code on CPU with ``configs/tiny.py`` cut
-down (the test suite runs it).
+of memory) is reported with its error instead of its figures. The run is meant to take under 8
+minutes on one H100/H200 (not yet run on one: the programs compile concurrently, 4 at a time,
+for that reason). ``--smoke`` runs the same code on CPU with ``configs/tiny.py`` cut down (the
+test suite runs it).
 
 Imports: this package, jax, flax, optax, orbax and their dependencies (``ml_collections``, which
 the configs use, must be installed too; it is pure Python).
@@ -267,7 +268,10 @@ def bench_train(config, batches, precisions, repeats: int, peak) -> list:
             _note(f"traced the train step {name}")
     lowered["init"] = init.lower(jax.random.key(0))
     compiled = _compile_all(lowered)
-    state = compiled["init"][0](jax.random.key(0))
+    init_program = compiled["init"][0]
+    if isinstance(init_program, Exception):
+        raise init_program
+    state = init_program(jax.random.key(0))
     results = []
     for name, (precision, b) in programs.items():
         entry = {"precision": precision, "batch": b, "segment_s": seg / sr}
@@ -289,6 +293,7 @@ def bench_train(config, batches, precisions, repeats: int, peak) -> list:
                 times.append(time.perf_counter() - t)
         except Exception as e:  # noqa: BLE001 (reported in the JSON)
             results.append({**entry, "error": _error(e)})
+            state = init_program(jax.random.key(0))  # the failed call may have taken the state
             continue
         step_s = statistics.median(times)
         flops = _flops(program)
@@ -349,6 +354,7 @@ def main(argv=None) -> dict:
         "disc_families": list(config.disc.families),
     }
     result["inference"] = bench_inference(config, infer_b, seconds, precisions, repeats, peak)
+    _note(f"partial result: {json.dumps(result)}")  # kept on stderr should the run be cut off
     result["train"] = bench_train(config, train_b, precisions, repeats, peak)
     result["total_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(result), flush=True)
