@@ -87,7 +87,14 @@ def _after(x, previous):
 
 
 def discriminator_gradients(
-    units, d_params, spectral, d_in, d_loss_fn, *, keep_real_fmaps: bool = False
+    units,
+    d_params,
+    spectral,
+    d_in,
+    d_loss_fn,
+    *,
+    keep_real_fmaps: bool = False,
+    with_logits: bool = False,
 ):
     """D losses and gradients on ``d_in = concat([real, fake])``, one sub-discriminator at a time.
 
@@ -97,7 +104,8 @@ def discriminator_gradients(
     Sub-discriminators own disjoint parameters, so each one's gradient is its own subtree of
     the whole gradient. ``real_fmaps`` is ``None``, or with ``keep_real_fmaps`` per unit the
     feature maps of the real half of ``d_in`` from this forward pass (for
-    ``loss.reuse_real_features``).
+    ``loss.reuse_real_features``). ``with_logits`` adds each sub-discriminator's mean logit on
+    the real and the fake half as ``parts["logits/<family>_<index>_{real,fake}"]``.
     """
     b = d_in.shape[0] // 2
     parts, grads, new_spectral, real_fmaps, previous = {}, [], [], [], None
@@ -108,13 +116,17 @@ def discriminator_gradients(
                 p, unit.subtree(spectral), _after(x, previous), update_stats=True
             )
             real = [sg(f[:b]) for f in fmaps] if keep_real_fmaps else []
-            return d_loss_fn([logits[:b]], [logits[b:]]), (spec, real)
+            means = (jnp.mean(logits[:b]), jnp.mean(logits[b:]))
+            return d_loss_fn([logits[:b]], [logits[b:]]), (spec, real, means)
 
-        (loss, (spec, real)), g = jax.value_and_grad(objective, has_aux=True)(
+        (loss, (spec, real, means)), g = jax.value_and_grad(objective, has_aux=True)(
             unit.subtree(d_params)
         )
         key = f"loss/d_{unit.family}"
         parts[key] = parts.get(key, 0.0) + loss
+        if with_logits:
+            parts[f"logits/{unit.family}_{unit.index}_real"] = means[0]
+            parts[f"logits/{unit.family}_{unit.index}_fake"] = means[1]
         grads.append(g)
         new_spectral.append(spec)
         real_fmaps.append(real)
@@ -177,6 +189,76 @@ def adversarial_wave_gradient(
     return parts, dwav
 
 
+def adversarial_losses(lc: ml_collections.ConfigDict):
+    """``(d_loss_fn, g_adv_fn)`` of the config's ``loss.adversarial`` ("lsgan" or "hinge")."""
+    if lc.adversarial == "hinge":
+        return losses.hinge_discriminator_loss, losses.hinge_generator_loss
+    return losses.lsgan_discriminator_loss, losses.lsgan_generator_loss
+
+
+def generator_forward(codec: nn.Module, g_params, vq, wav, lengths, rng):
+    """The codec's training forward, linearised once with ``jax.vjp``.
+
+    Returns ``(wav_hat, q_loss, g_vjp, out, vq_new)``: ``g_vjp((dL/dwav_hat, dL/dq_loss))``
+    pulls a gradient back to ``g_params``; ``vq_new`` is the updated EMA collection.
+    """
+
+    def gen_fwd(g_params):
+        out, upd = codec.apply(
+            {"params": g_params, "vq": vq},
+            wav,
+            lengths,
+            train=True,
+            mutable=["vq"],
+            rngs={"vq": rng},
+        )
+        return (out.wav_hat, out.loss), (out, upd.get("vq", {}))
+
+    (wav_hat, q_loss), g_vjp, (out, vq_new) = jax.vjp(gen_fwd, g_params, has_aux=True)
+    return wav_hat, q_loss, g_vjp, out, vq_new
+
+
+def generator_gradients(
+    units, d_params, spectral, target, wav_hat, lengths, q_loss, g_vjp, config, real_fmaps=None
+):
+    """The G phase against discriminators ``d_params``: ``(parts, g_loss, g_grads)``.
+
+    Adversarial and feature-matching terms one sub-discriminator at a time
+    (:func:`adversarial_wave_gradient`), the mel (and optional waveform L1) terms, and the
+    quantizer loss; ``g_grads`` is the whole objective's gradient pulled back through ``g_vjp``
+    (from :func:`generator_forward`). ``parts`` holds every ``loss/...`` term, ``loss/quantizer``
+    and ``loss/g_total``.
+    """
+    lc = config.loss
+    sr = config.audio.sample_rate
+    resolutions = losses.reference_mel_resolutions(sr)
+    g_adv_fn = adversarial_losses(lc)[1]
+    g_parts, dwav_adv = adversarial_wave_gradient(
+        units, d_params, spectral, target, wav_hat, g_adv_fn, lc, real_fmaps
+    )
+
+    def wave_objective(wav_hat):
+        mel, mel_terms = losses.multi_resolution_mel_loss(
+            target, wav_hat, sample_rate=sr, resolutions=resolutions, lengths=lengths
+        )
+        parts = {"loss/mel": mel, **{f"loss/{k}": v for k, v in mel_terms.items()}}
+        total = lc.mel_weight * mel
+        if lc.time_l1_weight > 0:
+            mask = jnp.arange(wav_hat.shape[1])[None, :] < lengths[:, None]
+            parts["loss/time_l1"] = losses.time_l1_loss(target, wav_hat, mask)
+            total = total + lc.time_l1_weight * parts["loss/time_l1"]
+        return total, parts
+
+    (wave_loss, wave_parts), dwav_wave = jax.value_and_grad(wave_objective, has_aux=True)(wav_hat)
+    g_parts.update(wave_parts)
+    g_wave_loss = g_parts.pop("loss/adversarial_total") + wave_loss
+    (g_grads,) = g_vjp((dwav_adv + dwav_wave, jnp.asarray(lc.quantizer_weight, q_loss.dtype)))
+    g_loss = g_wave_loss + lc.quantizer_weight * q_loss
+    g_parts["loss/quantizer"] = q_loss
+    g_parts["loss/g_total"] = g_loss
+    return g_parts, g_loss, g_grads
+
+
 def _update_if_finite(tx, loss, grads, params, opt_state, extra_new, extra_old):
     """One optax update, applied only when ``loss`` and the gradient norm are finite.
 
@@ -217,11 +299,7 @@ def make_train_step(
     scalars (``loss/...``, ``vq/...``, ``grad_norm/...``, ``lr/...``, ``train/...``).
     """
     lc = config.loss
-    sr = config.audio.sample_rate
-    resolutions = losses.reference_mel_resolutions(sr)
-    hinge = lc.adversarial == "hinge"
-    d_loss_fn = losses.hinge_discriminator_loss if hinge else losses.lsgan_discriminator_loss
-    g_adv_fn = losses.hinge_generator_loss if hinge else losses.lsgan_generator_loss
+    d_loss_fn = adversarial_losses(lc)[0]
     units = discriminators.sub_discriminators(discs)
     # Deviation, off by default: feature-matching targets from the D phase's forward pass on
     # the real audio (D before its update) instead of a second forward with the updated D.
@@ -235,18 +313,9 @@ def make_train_step(
         metrics = {}
 
         # -- generator forward, linearised once ------------------------------------------------
-        def gen_fwd(g_params):
-            out, upd = codec.apply(
-                {"params": g_params, "vq": state.vq},
-                wav,
-                lengths,
-                train=True,
-                mutable=["vq"],
-                rngs={"vq": rng},
-            )
-            return (out.wav_hat, out.loss), (out, upd.get("vq", {}))
-
-        (wav_hat, q_loss), g_vjp, (out, vq_new) = jax.vjp(gen_fwd, state.g_params, has_aux=True)
+        wav_hat, q_loss, g_vjp, out, vq_new = generator_forward(
+            codec, state.g_params, state.vq, wav, lengths, rng
+        )
         target = wav[:, : wav_hat.shape[1]]  # the codec keeps floor(T / hop) * hop samples
 
         # -- D step on the detached reconstruction -------------------------------------------
@@ -267,36 +336,13 @@ def make_train_step(
         metrics["grad_norm/d"] = d_grad_norm
 
         # -- G step against the updated D -----------------------------------------------------
-        g_parts, dwav_adv = adversarial_wave_gradient(
-            units, d_params, spectral, target, wav_hat, g_adv_fn, lc, real_fmaps
+        g_parts, g_loss, g_grads = generator_gradients(
+            units, d_params, spectral, target, wav_hat, lengths, q_loss, g_vjp, config, real_fmaps
         )
-
-        def wave_objective(wav_hat):
-            mel, mel_terms = losses.multi_resolution_mel_loss(
-                target, wav_hat, sample_rate=sr, resolutions=resolutions, lengths=lengths
-            )
-            parts = {"loss/mel": mel, **{f"loss/{k}": v for k, v in mel_terms.items()}}
-            total = lc.mel_weight * mel
-            if lc.time_l1_weight > 0:
-                mask = jnp.arange(wav_hat.shape[1])[None, :] < lengths[:, None]
-                parts["loss/time_l1"] = losses.time_l1_loss(target, wav_hat, mask)
-                total = total + lc.time_l1_weight * parts["loss/time_l1"]
-            return total, parts
-
-        (wave_loss, wave_parts), dwav_wave = jax.value_and_grad(wave_objective, has_aux=True)(
-            wav_hat
-        )
-        g_parts.update(wave_parts)
-        g_wave_loss = g_parts.pop("loss/adversarial_total") + wave_loss
-        dwav_hat = dwav_adv + dwav_wave
-        (g_grads,) = g_vjp((dwav_hat, jnp.asarray(lc.quantizer_weight, q_loss.dtype)))
-        g_loss = g_wave_loss + lc.quantizer_weight * q_loss
         g_params, g_opt_state, vq, g_grad_norm, g_ok = _update_if_finite(
             tx_g, g_loss, g_grads, state.g_params, state.g_opt_state, vq_new, state.vq
         )
         metrics.update(g_parts)
-        metrics["loss/quantizer"] = q_loss
-        metrics["loss/g_total"] = g_loss
         metrics["grad_norm/g"] = g_grad_norm
 
         # -- bookkeeping ----------------------------------------------------------------------

@@ -1,0 +1,223 @@
+"""One training step's every term, named like the reference's training-parity fixture.
+
+:func:`make_reference_probe` runs the train step's own pieces (:mod:`.step`: the generator
+forward, the D phase one sub-discriminator at a time, D's optax update, the G phase) in the
+reference loop's order and returns what ``train_cases.json`` holds (``tests/data/academicodec``
+README, "Training-parity fixtures"): ``init/`` = the objective at the given weights (D phase
+and G phase against the same D), ``step/`` = D phase, D's Adam step, then the G phase against
+the updated D. The D phase is the same in both. Keys: ``{prefix}/d_{mpd,msd,stft}``,
+``d_total``, ``logits_{family}_{real,fake}_mean`` (one value per sub-discriminator),
+``gnorm_{mpd,msd,mstftd}``, ``gnorm_d``, ``grad_{mpd,msd,mstftd}``, ``mel_main``, ``mel_512``,
+``mel_256``, ``mel``, ``fm_*``, ``adv_*``, ``quantizer``, ``g_total``,
+``gnorm_{encoder,quantizer,generator}``, ``gnorm_g``, ``grad_{encoder,generator}`` (probe
+gradients in torch layout).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from hificodec_jax import factory
+from hificodec_jax.models import discriminators
+from hificodec_jax.models.scale_discriminator import spectral_normalize
+from hificodec_jax.training import optim, reference_import
+from hificodec_jax.training import step as train_step
+
+__all__ = [
+    "PROBES",
+    "SCALAR_NAMES",
+    "make_reference_probe",
+    "reference_terms",
+    "refresh_spectral",
+    "scalar_terms",
+]
+
+_D_SCALARS = ("d_mpd", "d_msd", "d_stft", "d_total", "gnorm_mpd", "gnorm_msd", "gnorm_mstftd")
+_G_SCALARS = (
+    *("mel_main", "mel_512", "mel_256", "mel", "fm_mpd", "adv_mpd", "fm_msd", "adv_msd"),
+    *("fm_stft", "adv_stft", "quantizer", "g_total", "gnorm_encoder", "gnorm_quantizer"),
+    *("gnorm_generator", "gnorm_g"),
+)
+# The fixture's scalar names (train_cases.json), in its order.
+SCALAR_NAMES = tuple(
+    f"{prefix}/{name}"
+    for prefix in ("init", "step")
+    for name in (*_D_SCALARS, "gnorm_d", *_G_SCALARS)
+)
+
+# Probe gradients: fixture name -> (params path, torch layout permutation, trailing 1 dims).
+PROBES = {
+    "grad_mpd": (("mpd", "discriminators_0", "convs_0", "weight_v"), (2, 1, 0), 1),
+    "grad_msd": (("msd", "discriminators_1", "conv_post", "weight_v"), (2, 1, 0), 0),
+    "grad_mstftd": (("mstftd", "discriminators_2", "conv_post", "weight_v"), (3, 2, 0, 1), 0),
+    "grad_encoder": (("encoder", "conv_pre", "weight_v"), (2, 1, 0), 0),
+    "grad_generator": (("decoder", "conv_post", "weight_v"), (2, 1, 0), 0),
+}
+G_MODULES = {"encoder": "encoder", "quantizer": "quantizer", "generator": "decoder"}
+
+
+def _get(tree, path):
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+def _probe(grads, name: str) -> jax.Array:
+    path, perm, trailing = PROBES[name]
+    x = jnp.transpose(_get(grads, path), perm)
+    return x.reshape(x.shape + (1,) * trailing)
+
+
+def _g_terms(parts: dict, grads) -> dict[str, jax.Array]:
+    out = {
+        "mel_main": parts["loss/mel1024_hop200"]
+        if "loss/mel1024_hop200" in parts
+        else parts["loss/mel1024_hop240"],
+        "mel_512": parts["loss/mel512_hop120"],
+        "mel_256": parts["loss/mel256_hop60"],
+        "mel": parts["loss/mel"],
+    }
+    for fam in ("mpd", "msd", "stft"):
+        out[f"fm_{fam}"] = parts.get(f"loss/fm_{fam}", jnp.zeros(()))
+        out[f"adv_{fam}"] = parts.get(f"loss/adv_{fam}", jnp.zeros(()))
+    out["quantizer"] = parts["loss/quantizer"]
+    out["g_total"] = parts["loss/g_total"]
+    for name, module in G_MODULES.items():
+        out[f"gnorm_{name}"] = optax.tree.norm(grads.get(module, {}))
+    out["gnorm_g"] = optax.tree.norm(grads)
+    out["grad_encoder"] = _probe(grads, "grad_encoder")
+    out["grad_generator"] = _probe(grads, "grad_generator")
+    return out
+
+
+def refresh_spectral(d_params, spectral, n_power_iterations: int):
+    """``spectral`` after ``n_power_iterations`` more power iterations on ``d_params``' kernels."""
+
+    def walk(p, s):
+        if "u" in s and "v" in s:
+            _, u, v, _ = spectral_normalize(
+                p["kernel"], s["u"], s["v"], n_power_iterations=n_power_iterations
+            )
+            return {"u": u, "v": v}
+        return {k: walk(p[k], s[k]) for k in s}
+
+    return walk(d_params, spectral) if n_power_iterations else spectral
+
+
+def make_reference_probe(
+    codec: nn.Module,
+    discs: discriminators.Discriminators,
+    tx_d: optax.GradientTransformation,
+    config: ml_collections.ConfigDict,
+    *,
+    g_phase_power_iterations: int = 0,
+):
+    """``probe(state, wav [B, T]) -> {"init/...": array, "step/...": array}`` (jittable).
+
+    ``state`` is a :class:`~hificodec_jax.training.step.TrainState` (its ``d_opt_state`` is
+    ``tx_d``'s); the batch has no padding (``lengths = T``). Like the train step, the G phase
+    uses MSD's spectral-norm vectors from the D phase; ``g_phase_power_iterations > 0`` runs
+    that many power iterations on the G phase's D weights first, as the reference's
+    training-mode calls do (to show that this alone explains the ``step/`` MSD terms' gap).
+    """
+    units = discriminators.sub_discriminators(discs)
+    d_loss_fn = train_step.adversarial_losses(config.loss)[0]
+
+    def probe(state: train_step.TrainState, wav: jax.Array) -> dict[str, jax.Array]:
+        lengths = jnp.full((wav.shape[0],), wav.shape[1], jnp.int32)
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        wav_hat, q_loss, g_vjp, _, _ = train_step.generator_forward(
+            codec, state.g_params, state.vq, wav, lengths, rng
+        )
+        target = wav[:, : wav_hat.shape[1]]
+        d_parts, d_grads, spectral_new, _ = train_step.discriminator_gradients(
+            units,
+            state.d_params,
+            state.spectral,
+            jnp.concatenate([target, jax.lax.stop_gradient(wav_hat)]),
+            d_loss_fn,
+            with_logits=True,
+        )
+        d_loss = sum(v for k, v in d_parts.items() if k.startswith("loss/"))
+        d_params, _, spectral, _, _ = train_step._update_if_finite(
+            tx_d, d_loss, d_grads, state.d_params, state.d_opt_state, spectral_new, state.spectral
+        )
+        d_terms = {f"d_{f}": d_parts.get(f"loss/d_{f}", jnp.zeros(())) for f in ("mpd", "msd")}
+        d_terms["d_stft"] = d_parts.get("loss/d_stft", jnp.zeros(()))
+        d_terms["d_total"] = d_loss
+        for fam in ("mpd", "msd", "stft"):
+            for half in ("real", "fake"):
+                means = [d_parts[f"logits/{u.family}_{u.index}_{half}"] for u in units]
+                means = [m for m, u in zip(means, units, strict=True) if u.family == fam]
+                d_terms[f"logits_{fam}_{half}_mean"] = jnp.stack(means) if means else jnp.zeros(0)
+        for section in ("mpd", "msd", "mstftd"):
+            d_terms[f"gnorm_{section}"] = optax.tree.norm(d_grads.get(section, {}))
+        d_terms["gnorm_d"] = optax.tree.norm(d_grads)
+        for name in ("grad_mpd", "grad_msd", "grad_mstftd"):
+            d_terms[name] = _probe(d_grads, name)
+        out = {}
+        for prefix, dp in (("init", state.d_params), ("step", d_params)):
+            sp = refresh_spectral(dp, spectral, g_phase_power_iterations)
+            g_parts, _, g_grads = train_step.generator_gradients(
+                units, dp, sp, target, wav_hat, lengths, q_loss, g_vjp, config
+            )
+            terms = {**d_terms, **_g_terms(g_parts, g_grads)}
+            out.update({f"{prefix}/{k}": v for k, v in terms.items()})
+        out["wav_hat"] = wav_hat
+        out["step_d_params"], out["step_spectral"] = d_params, spectral
+        return out
+
+    return probe
+
+
+def scalar_terms(terms: dict) -> dict[str, float]:
+    """The fixture's scalar names (``init/d_mpd``, ..., ``step/gnorm_g``) as Python floats."""
+    return {k: float(np.asarray(terms[k])) for k in SCALAR_NAMES}
+
+
+def reference_terms(
+    g_ckpt: dict,
+    do_ckpt: dict,
+    wav: np.ndarray,
+    config: ml_collections.ConfigDict,
+    *,
+    fresh_stft: bool = False,
+    g_phase_power_iterations: int = 0,
+) -> dict[str, np.ndarray]:
+    """A reference ``g_`` + ``do_`` pair (as ``load_pth`` returns them) and a batch
+    ``wav [B, T]`` -> every term of :func:`make_reference_probe` (numpy), through the importer
+    a resumed run uses (:func:`~hificodec_jax.training.reference_import.import_reference_training`).
+
+    Also holds ``wav_hat`` and ``step_d_params`` / ``step_spectral`` (D after its step).
+    """
+    wav = np.asarray(wav, np.float32)
+    if wav.ndim != 2:
+        raise ValueError(f"audio batch must be float32 [B, L], got shape {wav.shape}")
+    codec = factory.build_codec(config, weight_norm=True)
+    discs = factory.build_discriminators(config)
+    tx_g, _ = optim.make_optimizer(config.optim.g)
+    tx_d, _ = optim.make_optimizer(config.optim.d)
+    ref = reference_import.import_reference_training(
+        g_ckpt, do_ckpt, codec, discs, fresh_stft=fresh_stft
+    )
+    g_opt_state, d_opt_state = ref.opt_states(tx_g.init(ref.g_params), tx_d.init(ref.d_params))
+    state = train_step.TrainState(
+        step=jnp.asarray(ref.step, jnp.int32),
+        g_params=ref.g_params,
+        d_params=ref.d_params,
+        g_opt_state=g_opt_state,
+        d_opt_state=d_opt_state,
+        vq={},
+        spectral=ref.spectral,
+        rng=jax.random.key_data(jax.random.key(config.seed)),
+        skipped=jnp.zeros((2,), jnp.int32),
+    )
+    probe = make_reference_probe(
+        codec, discs, tx_d, config, g_phase_power_iterations=g_phase_power_iterations
+    )
+    return jax.tree.map(np.asarray, jax.jit(probe)(state, wav))
