@@ -104,6 +104,10 @@ def base_config(
     # ours: a model directory or released model name whose generator and codebooks start the
     # training (fresh discriminators and optimizer states); empty: random initialisation.
     config.init_from = ""
+    # "G_PTH,DO_PTH": continue a reference run from its g_ + do_ checkpoints (academicodec
+    # recipe; training/reference_resume.py); fresh_stft: a single-GPU do_ lacks MS-STFT's weights.
+    config.resume_reference = ""
+    config.resume_reference_fresh_stft = False
     return config
 
 

@@ -4,7 +4,10 @@ Parses flags, joins a multi-process run when asked, and hands over to
 :func:`hificodec_jax.training.loop.train_and_evaluate`. All logic lives in importable modules.
 Exit status 0: finished (also when the workdir's run had already finished); 143: preempted
 (SIGTERM) after writing a checkpoint, rerun to resume. ``--config.init_from=MODEL`` fine-tunes a
-model directory or released model; ``--verbosity=1`` adds orbax's checkpointing lines to the log.
+model directory or released model; ``--config.resume_reference=G_PTH,DO_PTH`` continues a reference
+(PyTorch) run from its ``g_`` + ``do_`` checkpoints (``configs/grvq4.py:academicodec``; add
+``--config.resume_reference_fresh_stft=True`` for a single-GPU run's ``do_``);
+``--verbosity=1`` adds orbax's checkpointing lines to the log.
 """
 
 import os

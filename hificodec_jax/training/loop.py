@@ -24,7 +24,14 @@ from etils import epath
 
 from hificodec_jax.data import input_pipeline
 from hificodec_jax.data.sources import make_sources, steps_per_epoch
-from hificodec_jax.training import evaluate, finetune, host_memory, optim, sharding
+from hificodec_jax.training import (
+    evaluate,
+    finetune,
+    host_memory,
+    optim,
+    reference_resume,
+    sharding,
+)
 from hificodec_jax.training.checkpoint import Checkpointer
 from hificodec_jax.training.compilation import build, compile_step
 from hificodec_jax.training.metric_writer import MetricWriter, Progress
@@ -90,6 +97,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         state = init(jax.random.key(config.seed))
         if config.get("init_from"):
             state = finetune.init_from_model(state, config)
+        if config.get("resume_reference"):
+            state = reference_resume.resume_from_reference(state, config)
     host_memory.release_freed_memory()
 
     # ------------------------------------------------------------------------------------------
