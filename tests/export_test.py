@@ -63,8 +63,9 @@ def test_train_step_lowers_to_native_convs(tiny_step, platforms):
     assert msd_groups and msd_groups <= _group_counts(text)  # XLA's grouped convs
     assert "looped_grouped_conv" not in text  # no group loop
     assert (1, 2) in _window_strides(text)  # MS-STFT's strided convs as strided convs
-    # The only loops left are the quantizer's k-means (one per group, unrolled over levels).
-    assert text.count("stablehlo.while") == cfg.model.quantizer.num_groups
+    # The only loops left are the quantizer's k-means initialisations (one per residual level,
+    # vmapped over the groups).
+    assert text.count("stablehlo.while") == cfg.model.quantizer.num_levels
     # Compiler options are not part of an exported program: the CPU ones cannot travel along.
     assert "xla_cpu" not in text and "ynn" not in text.lower()
 
