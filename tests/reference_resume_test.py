@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 from helpers import tiny_train_config, write_clips
-from training_parity_test import torch_adam
+from training_parity_test import with_optimizers
 
 from hificodec_jax import factory
 from hificodec_jax.codec.convert import flax_to_torch
@@ -49,13 +49,7 @@ def test_main_resumes_a_reference_run(tmp_path, monkeypatch):
     d_vars = _filled(jax.eval_shape(discs.init, jax.random.key(0), wav), 2)
     g = flax_to_torch(g_vars, codec)
     d = reference_import.discriminators_to_torch(d_vars["params"], d_vars["spectral"])
-    do = {
-        **d,
-        "optim_g": torch_adam({m: g[m] for m in reference_import.G_OPTIM_ORDER}, _moments, 41),
-        "optim_d": torch_adam({m: d[m] for m in reference_import.D_OPTIM_ORDER}, _moments, 41),
-        "steps": 40,
-        "epoch": 2,
-    }
+    do = with_optimizers(g, d, _moments, step=41, steps=40)
     files = {"g_00000040": g, "do_00000040": do}
     for name in files:
         (tmp_path / name).write_bytes(b"")

@@ -62,18 +62,23 @@ def torch_adam(state_dicts: dict[str, dict], moments=None, step: int = 0) -> dic
     return {"state": state, "param_groups": [{**group, "params": list(range(len(keys)))}]}
 
 
-def reference_pair(moments=None, step: int = 0, steps: int = 0):
-    """``(g_, do_)`` checkpoint dicts of the fixture's numpy-recipe weights (reference layout)."""
-    g = _module("make_weights").make_state_dict("16k_320d")
-    d = _module("make_disc_weights").make_disc_state_dict()
-    do = {
-        **d,
+def with_optimizers(g: dict, do: dict, moments=None, step: int = 0, steps: int = 0) -> dict:
+    """``do`` with torch Adam states over ``g``'s and ``do``'s parameters and ``steps``."""
+    return {
+        **do,
         "optim_g": torch_adam({m: g[m] for m in reference_import.G_OPTIM_ORDER}, moments, step),
-        "optim_d": torch_adam({m: d[m] for m in reference_import.D_OPTIM_ORDER}, moments, step),
+        "optim_d": torch_adam({m: do[m] for m in reference_import.D_OPTIM_ORDER}, moments, step),
         "steps": steps,
         "epoch": 3,
     }
-    return g, do
+
+
+def reference_pair():
+    """``(g_, do_)`` checkpoint dicts of the fixture's numpy-recipe weights (reference layout),
+    with fresh optimizers: the state the fixture's step starts from."""
+    g = _module("make_weights").make_state_dict("16k_320d")
+    d = _module("make_disc_weights").make_disc_state_dict()
+    return g, with_optimizers(g, d)
 
 
 @pytest.fixture(scope="module")
@@ -217,10 +222,11 @@ def _moments(key, value):
     return 0.5 * value, np.square(value) + 1.0
 
 
-def test_import_maps_weights_vectors_and_adam_moments():
+def test_import_maps_weights_vectors_and_adam_moments(pair):
     """Each tensor lands at its path in our layout; Adam's moments follow their parameter; the
     count and the step number come from the file; the converter inverts exactly."""
-    g, do = reference_pair(_moments, step=7, steps=6)
+    g, do = pair
+    do = with_optimizers(g, do, _moments, step=7, steps=6)
     config = factory.load_config(f"{CONFIG}:academicodec")
     codec = factory.build_codec(config, weight_norm=True)
     discs = factory.build_discriminators(config)
