@@ -4,10 +4,17 @@ Prints progress lines, then one JSON object as the last line:
     encdec_s_median, encode_s_median, decode_s_median, compile_s, rtf (seconds of compute per
     second of audio), x_realtime, peak_rss_mib, probe_gflops (2048^2 fp32 matmul, measured in
     this run just before timing), model_gflops_per_s, probe_fraction, gflop (XLA's count).
-The machines swing ~2x in speed: compare ratios measured in one run, not absolute times.
-The PyTorch reference takes 5.6-8 s (RTF 0.56-0.80, 1.8 GiB peak) for the same work here.
+The machines swing ~2x in speed: compare ratios measured in one run, not absolute times
+(figures against the PyTorch reference: benchmarks/RESULTS.md).
 
 Run: python benchmarks/inference.py [--seconds 10] [--repeats 5] [--config configs/grvq4.py]
+
+``--worker``: the JAX half of an interleaved side-by-side run with the reference. Compiles with the
+fixture weights, writes the input audio to ``--wav-out`` (``.npy``, for the other process), prints
+``{"ready": ..., "gflop": ...}``, then for each ``run`` line on stdin times one encode + decode
+after a matmul probe and prints one JSON line (``encode_s``, ``decode_s``, ``total_s``,
+``probe_gflops``, ``probe_fraction``); ``quit`` or end of input stops it. A driver alternates it
+with the reference so that the two never run at once.
 
 ``--chunked``: 60 s of audio (``--seconds``) through the chunked long-audio path
 (``hificodec_jax.codec.inference``) and through whole-file processing, each in its own process so
@@ -88,9 +95,13 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--chunked", action="store_true", help="chunked vs whole file (60 s)")
     p.add_argument("--mode", choices=("whole", "chunked"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", action="store_true", help="timed runs on request (stdin)")
+    p.add_argument("--wav-out", help="with --worker: save the input audio here (.npy)")
     args = p.parse_args(argv)
     if args.chunked:
         return compare_chunked(args)
+    if args.worker:
+        return worker(args)
     if args.mode:
         return run_mode(args)
 
@@ -212,6 +223,40 @@ def run_mode(args) -> dict:
     np.save(os.environ.get("HFC_BENCH_OUT", os.devnull), out)
     result = {"mode": args.mode, "first_s": first, "steady_s": steady, "peak_rss_mib": rss_mib()}
     print(json.dumps(result))
+    return result
+
+
+def worker(args) -> dict:
+    """Serve timed encode + decode runs on request (see the module docstring)."""
+    _, codec, variables, wav = _setup(args)
+    if args.wav_out:
+        np.save(args.wav_out, wav.astype(np.float32))
+    wav = jnp.asarray(wav[None])
+    enc = jax.jit(lambda v, x: codec.apply(v, x, method="encode"))
+    dec = jax.jit(lambda v, c: codec.apply(v, c, method="decode"))
+    codes = enc(variables, wav)
+    dec(variables, codes).block_until_ready()  # compile and warm up
+    gflop = cost_gflop(enc.lower(variables, wav).compile())
+    gflop += cost_gflop(dec.lower(variables, codes).compile())
+    print(json.dumps({"ready": True, "gflop": round(gflop, 1)}), flush=True)
+    result = {}
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        probe = matmul_probe()
+        t0 = time.perf_counter()
+        codes = enc(variables, wav).block_until_ready()
+        t1 = time.perf_counter()
+        dec(variables, codes).block_until_ready()
+        t2 = time.perf_counter()
+        result = {
+            "encode_s": round(t1 - t0, 4),
+            "decode_s": round(t2 - t1, 4),
+            "total_s": round(t2 - t0, 4),
+            "probe_gflops": round(probe, 1),
+            "probe_fraction": round(gflop / (t2 - t0) / probe, 3),
+        }
+        print(json.dumps(result), flush=True)
     return result
 
 
