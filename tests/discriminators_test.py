@@ -337,3 +337,53 @@ def test_sub_discriminators_one_at_a_time_equal_the_whole():
         jax.tree.leaves(spec_tree), jax.tree.leaves(whole_spec["spectral"]), strict=True
     ):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_new_family_is_one_module_and_one_registry_line(monkeypatch):
+    """A family registered by name alone runs in the composite and in the one-at-a-time path,
+    under its own submodule name, with the same numbers in both."""
+    from typing import ClassVar
+
+    from hificodec_jax.models import discriminators as dmod
+    from hificodec_jax.models.discriminator_units import DiscriminatorFamily, SubDiscriminator
+
+    class ToyFamily(DiscriminatorFamily):
+        family: ClassVar[str] = "toy"
+        module_name: ClassVar[str] = "toyd"
+        periods: tuple = (2, 3)
+
+        @classmethod
+        def from_options(cls, options):
+            return cls(parent=None)
+
+        def units(self):
+            return [
+                SubDiscriminator(
+                    self.family,
+                    self.module_name,
+                    i,
+                    PeriodDiscriminator(p, channels=(4,), parent=None),
+                    prepare=lambda w: 2.0 * w,
+                )
+                for i, p in enumerate(self.periods)
+            ]
+
+    monkeypatch.setitem(dmod.REGISTRY, "toy", ToyFamily)
+    d = Discriminators(families=("toy",))
+    wav = _noise((2, 300), seed=9)
+    variables = _fake_variables(d, wav)
+    assert list(variables["params"]) == ["toyd"]
+    assert sorted(variables["params"]["toyd"]) == ["discriminators_0", "discriminators_1"]
+    whole = d.apply(variables, wav)["toy"]
+    units = sub_discriminators(d)
+    assert [(u.family, u.path) for u in units] == [
+        ("toy", ("toyd", "discriminators_0")), ("toy", ("toyd", "discriminators_1")),
+    ]  # fmt: skip
+    for unit, (ref_logits, _) in zip(units, whole, strict=True):
+        (logits, _), _ = unit.apply(unit.subtree(variables["params"]), {}, wav)
+        np.testing.assert_array_equal(logits, ref_logits)
+    # The input transform is the unit's: the family's first sub-discriminator sees 2 * wav.
+    direct = PeriodDiscriminator(2, channels=(4,)).apply(
+        {"params": variables["params"]["toyd"]["discriminators_0"]}, 2.0 * wav
+    )[0]
+    np.testing.assert_array_equal(whole[0][0], direct)

@@ -106,8 +106,8 @@ class Discriminators(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
-        for name, fam in family_modules(self).items():
-            setattr(self, FAMILY_MODULES[name], fam)
+        for fam in family_modules(self).values():
+            setattr(self, fam.module_name, fam)
 
     def __call__(
         self, wav: jax.Array, *, update_stats: bool = False
@@ -116,7 +116,7 @@ class Discriminators(nn.Module):
             raise ValueError(f"expected wav [B, T], got shape {wav.shape}")
         wav = wav.astype(self.dtype)
         out = {
-            name: getattr(self, FAMILY_MODULES[name])(wav, update_stats=update_stats)
+            name: getattr(self, REGISTRY[name].module_name)(wav, update_stats=update_stats)
             for name in self.families
         }
         return jax.tree.map(lambda a: a.astype(jnp.float32), out)
