@@ -41,9 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import hificodec_jax  # noqa: E402
-from hificodec_jax import factory  # noqa: E402
-from hificodec_jax.training import compilation, sharding  # noqa: E402
+import hificodec_jax
+from hificodec_jax import factory
+from hificodec_jax.training import compilation, sharding
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -139,7 +139,7 @@ def _compile_all(lowered: dict) -> dict:
         t = time.perf_counter()
         try:
             result = low.compile()
-        except Exception as e:  # noqa: BLE001 (reported in the JSON)
+        except Exception as e:  # reported in the JSON
             result = e
         return name, result, time.perf_counter() - t
 
@@ -233,7 +233,7 @@ def bench_inference(config, batches, seconds: float, precisions, repeats: int, p
         try:
             wav = jax.device_put(_signal(b, samples, sr))
             step_s = _median_s(lambda program=program, wav=wav: program(variables, wav), repeats)
-        except Exception as e:  # noqa: BLE001 (reported in the JSON)
+        except Exception as e:  # reported in the JSON
             results.append({**entry, "error": _error(e)})
             continue
         flops = _flops(program)
@@ -291,7 +291,7 @@ def bench_train(config, batches, precisions, repeats: int, peak) -> list:
                 state, metrics = program(state, batch)
                 jax.block_until_ready(metrics)
                 times.append(time.perf_counter() - t)
-        except Exception as e:  # noqa: BLE001 (reported in the JSON)
+        except Exception as e:  # reported in the JSON
             results.append({**entry, "error": _error(e)})
             state = init_program(jax.random.key(0))  # the failed call may have taken the state
             continue

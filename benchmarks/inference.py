@@ -84,7 +84,7 @@ def cost_gflop(compiled) -> float:
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list | tuple) else cost
         return float(cost.get("flops", float("nan"))) / 1e9
-    except Exception:  # noqa: BLE001 (cost analysis is best-effort)
+    except Exception:  # cost analysis is best-effort
         return float("nan")
 
 
@@ -170,9 +170,9 @@ FIXTURE_CASES = {
 
 def fixture_variables(config_path: str, codec):
     """Fixture weights for the released configs, else ``None``."""
-    import importlib.util  # noqa: PLC0415
+    import importlib.util
 
-    from hificodec_jax.codec.convert import torch_to_flax  # noqa: PLC0415
+    from hificodec_jax.codec.convert import torch_to_flax
 
     case = FIXTURE_CASES.get(os.path.basename(config_path))
     recipe = os.path.join(REPO, "tests", "data", "academicodec", "make_weights.py")
@@ -198,7 +198,7 @@ def _setup(args):
 
 def run_mode(args) -> dict:
     """One mode in this process: encode + decode once (after a warm-up), time and peak RSS."""
-    from hificodec_jax.codec import inference  # noqa: PLC0415
+    from hificodec_jax.codec import inference
 
     config, codec, variables, wav = _setup(args)
     sr = config.audio.sample_rate

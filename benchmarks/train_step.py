@@ -40,15 +40,15 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from inference import cost_gflop, matmul_probe  # noqa: E402
+from inference import cost_gflop, matmul_probe
 
-import hificodec_jax  # noqa: E402
-from hificodec_jax import factory  # noqa: E402
-from hificodec_jax.data.demo_audio import synthetic_speech  # noqa: E402
-from hificodec_jax.models.discriminators import sub_discriminators  # noqa: E402
+import hificodec_jax
+from hificodec_jax import factory
+from hificodec_jax.data.demo_audio import synthetic_speech
+from hificodec_jax.models.discriminators import sub_discriminators
 from hificodec_jax.training import compilation as train
-from hificodec_jax.training import host_memory, losses, sharding  # noqa: E402
-from hificodec_jax.training.step import discriminator_gradients  # noqa: E402
+from hificodec_jax.training import host_memory, losses, sharding
+from hificodec_jax.training.step import discriminator_gradients
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

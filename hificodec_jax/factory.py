@@ -23,7 +23,7 @@ def _family(name: str):
     if name == "hifigan":
         return HifiEncoder, HifiDecoder, "strides", "upsample_rates"
     if name == "seanet":
-        from hificodec_jax.models import seanet  # noqa: PLC0415  (second family, paper text)
+        from hificodec_jax.models import seanet  # second family, paper text
 
         return seanet.SeanetEncoder, seanet.SeanetDecoder, "strides", "strides"
     raise ValueError(f"unknown model family {name!r}; one of ['hifigan', 'seanet']")
@@ -77,7 +77,7 @@ def build_codec(config: ml_collections.ConfigDict, *, weight_norm: bool = True) 
 
 def build_discriminators(config: ml_collections.ConfigDict):
     """The ``Discriminators`` module for a config's ``disc`` section."""
-    from hificodec_jax.models.discriminators import Discriminators  # noqa: PLC0415
+    from hificodec_jax.models.discriminators import Discriminators
 
     return Discriminators(**_as_dict(config.disc), dtype=compute_dtype(config))
 

@@ -28,11 +28,11 @@ sys.path.insert(0, os.path.dirname(__file__))  # tests/helpers.py
 # step several times); a fresh directory per session keeps runs hermetic. The session's
 # pytest-xdist workers (pyproject.toml) share it through the environment; the process that
 # made it removes it at exit.
-import atexit  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
+import atexit
+import shutil
+import tempfile
 
-import jax  # noqa: E402
+import jax
 
 _CACHE = os.environ.get("HIFICODEC_TEST_XLA_CACHE")
 if not _CACHE:  # the session's first process (pytest-xdist workers inherit the directory)

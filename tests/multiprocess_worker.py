@@ -11,12 +11,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from helpers import smooth_adam, tiny_train_config  # noqa: E402
+import jax
+import numpy as np
+from helpers import smooth_adam, tiny_train_config
 
-from hificodec_jax.training import sharding  # noqa: E402
-from hificodec_jax.training.loop import train_and_evaluate  # noqa: E402
+from hificodec_jax.training import sharding
+from hificodec_jax.training.loop import train_and_evaluate
 
 
 def main():

@@ -62,7 +62,7 @@ def resample(wav: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     wav = np.asarray(wav, dtype=np.float32)
     if int(orig_sr) == int(target_sr) or wav.size == 0:
         return wav
-    import soxr  # noqa: PLC0415  (== librosa.resample(res_type="soxr_hq"))
+    import soxr  # == librosa.resample(res_type="soxr_hq")
 
     out = soxr.resample(wav, int(orig_sr), int(target_sr), quality="soxr_hq")
     return np.ascontiguousarray(out, dtype=np.float32)
@@ -70,7 +70,7 @@ def resample(wav: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
 
 def read_audio(path: str) -> tuple[np.ndarray, int]:
     """``(wav [T] float32 mono, sample_rate)`` at the file's own rate; raises if undecodable."""
-    import soundfile as sf  # noqa: PLC0415
+    import soundfile as sf
 
     try:
         data, sr = sf.read(path, dtype="float32", always_2d=True)  # [T, C]
@@ -78,11 +78,11 @@ def read_audio(path: str) -> tuple[np.ndarray, int]:
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as sf_error:
         if not path.lower().endswith((".mp3", ".m4a", ".opus")):
             raise
-        import librosa  # noqa: PLC0415
+        import librosa
 
         try:
             wav, sr = librosa.load(path, sr=None, mono=True)
-        except Exception as error:  # noqa: BLE001  (report both decoders' reasons)
+        except Exception as error:  # report both decoders' reasons
             raise RuntimeError(f"soundfile: {sf_error}; librosa: {error}") from error
     return np.ascontiguousarray(wav, dtype=np.float32), int(sr)
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hificodec_jax.audio.audio_io import load_audio, resample  # noqa: F401  (re-exported)
+from hificodec_jax.audio.audio_io import load_audio, resample
 from hificodec_jax.models.codec import non_finite_message
 from hificodec_jax.models.quantizer import codebook_perplexity
 
@@ -120,9 +120,9 @@ def mel_distance(ref, deg, sr: int, *, loudness_normalize: bool) -> float:
     With ``loudness_normalize`` both signals are first scaled to an RMS of 0.1 (-20 dBFS; plain
     RMS over the whole clip, no LUFS weighting or gating); silent signals are left as they are.
     """
-    import jax.numpy as jnp  # noqa: PLC0415
+    import jax.numpy as jnp
 
-    from hificodec_jax.audio.spectral import mel_spectrogram  # noqa: PLC0415
+    from hificodec_jax.audio.spectral import mel_spectrogram
 
     ref, deg = _pair(ref, deg)
     if loudness_normalize:
@@ -210,7 +210,7 @@ def evaluate(
     perplexity is ``exp(entropy)`` of that histogram. A metric that raises on a clip scores NaN
     there and is reported: a warning, an entry in ``errors`` and a line in :func:`format_table`.
     """
-    import jax  # noqa: PLC0415
+    import jax
 
     names = list(METRICS) if metrics is None else list(metrics)
     unknown = sorted(set(names) - set(METRICS))
@@ -231,7 +231,7 @@ def evaluate(
     rows, errors = [], []
     items = _inputs(files_or_arrays, sample_rate)
     if progress:
-        from tqdm import tqdm  # noqa: PLC0415
+        from tqdm import tqdm
 
         items = tqdm(items, desc="evaluate", unit="clip", total=len(files_or_arrays))
     for name, wav in items:
@@ -250,7 +250,7 @@ def evaluate(
         for m in names:
             try:
                 row[m] = METRICS[m](ref, deg, sample_rate)
-            except Exception as e:  # noqa: BLE001  (one bad clip must not end a long run)
+            except Exception as e:  # one bad clip must not end a long run
                 warnings.warn(f"{m} failed on {name}: {e!r}; NaN", stacklevel=2)
                 errors.append({"name": name, "metric": m, "error": repr(e)})
                 row[m] = math.nan

@@ -292,7 +292,7 @@ class _Progress:
     def __init__(self, total: int, enabled: bool, desc: str):
         self.bar = None
         if enabled:
-            from tqdm.auto import tqdm  # noqa: PLC0415
+            from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, unit="window", desc=desc)
 

@@ -223,7 +223,7 @@ class LocalSpeech(tfds.core.GeneratorBasedBuilder):
 def _decode(utt: Utterance, sample_rate: int):
     try:
         wav = audio_io.load_audio(utt.path, sample_rate)
-    except Exception as error:  # noqa: BLE001  (one bad file must not stop the preparation)
+    except Exception as error:  # one bad file must not stop the preparation
         return utt, f"undecodable: {type(error).__name__}: {error}"
     if wav.size == 0:
         return utt, "empty"

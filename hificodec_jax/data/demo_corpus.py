@@ -120,7 +120,7 @@ class _Engine:
 
     def __init__(self):
         try:
-            import espeakng_loader  # noqa: PLC0415
+            import espeakng_loader
 
             lib = ctypes.CDLL(espeakng_loader.get_library_path())
             data_path = espeakng_loader.get_data_path()
@@ -203,7 +203,7 @@ def speakers(num: int = 24, seed: int = 0) -> list[dict]:
 
 def synthesize(index: int, sample_rate: int, seed: int = 0) -> tuple[str, np.ndarray]:
     """Utterance ``index`` of the corpus: ``(speaker name, float32 [T] at sample_rate)``."""
-    from hificodec_jax.audio import audio_io  # noqa: PLC0415
+    from hificodec_jax.audio import audio_io
 
     spk_list = speakers(seed=seed)
     spk = spk_list[index % len(spk_list)]
@@ -241,7 +241,7 @@ def ensure_demo_corpus(
     Raises ``RuntimeError`` (telling to pass ``--config.data.dir``) when eSpeak NG from the
     ``espeakng-loader`` wheel cannot be loaded.
     """
-    import soundfile as sf  # noqa: PLC0415
+    import soundfile as sf
 
     directory = os.path.abspath(os.fspath(directory))
     marker = os.path.join(directory, _MARKER)

@@ -91,7 +91,7 @@ def find_tfds_data_dir(directory: str) -> str:
 
     Local paths and ``gs://`` URLs alike (etils.epath; GCS needs the ``[gcs]`` extra).
     """
-    from etils import epath  # noqa: PLC0415
+    from etils import epath
 
     root = epath.Path(os.fspath(directory))
     if (root / "dataset_info.json").exists():
@@ -129,7 +129,7 @@ class ArrayRecordAudioSource:
     """
 
     def __init__(self, data_dir: str | os.PathLike, split: str = "train", sample_rate=None):
-        import tensorflow_datasets as tfds  # noqa: PLC0415  (slow import, only when used)
+        import tensorflow_datasets as tfds  # slow import, only when used
 
         self.data_dir = find_tfds_data_dir(os.fspath(data_dir))
         builder = tfds.builder_from_directory(self.data_dir)
@@ -167,7 +167,7 @@ class ArrayRecordAudioSource:
     def name(self, index: int) -> str:
         try:
             return f"{self.split}/{self.record(index)['id']}"
-        except Exception:  # noqa: BLE001  (the name of an unreadable record)
+        except Exception:  # the name of an unreadable record
             return f"{self.data_dir}:{self.split}[{index}]"
 
     def __repr__(self) -> str:
@@ -227,7 +227,7 @@ class _Guarded:
             return index, None
         try:
             wav = np.asarray(self.source[index])
-        except Exception as error:  # noqa: BLE001  (any failure is a bad item, not a crash)
+        except Exception as error:  # any failure is a bad item, not a crash
             return index, f"undecodable: {type(error).__name__}: {error}"
         return index, wav
 
@@ -307,7 +307,7 @@ def make_train_dataset(
     ``num_threads`` / ``prefetch_buffer_size``: grain's read threads and read-ahead elements.
     """
     if process_index is None or process_count is None:
-        import jax  # noqa: PLC0415
+        import jax
 
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count

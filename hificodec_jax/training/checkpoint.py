@@ -46,7 +46,7 @@ class CheckpointError(RuntimeError):
 
 
 def _data_iter_args(save: bool, iterator):
-    import grain  # noqa: PLC0415
+    import grain
 
     if save:
         return grain.checkpoint.CheckpointSave(iterator)

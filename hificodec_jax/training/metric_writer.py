@@ -30,7 +30,7 @@ class MetricWriter:
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self._writer = None
         if self.enabled:
-            from tensorboardX import SummaryWriter  # noqa: PLC0415
+            from tensorboardX import SummaryWriter
 
             self._writer = SummaryWriter(logdir, flush_secs=30)
 

@@ -51,7 +51,7 @@ class PreemptionWatcher:
     def should_stop(self, step: int) -> bool:
         """Call once per step, with the same step ids on every process."""
         if self._multi:
-            from jax.experimental import multihost_utils  # noqa: PLC0415
+            from jax.experimental import multihost_utils
 
             if multihost_utils.reached_preemption_sync_point(step):
                 self.requested = True

@@ -78,7 +78,7 @@ def replicate_batch(batch: dict, mesh: Mesh) -> dict:
 
 def to_host(tree):
     """Numpy copy of a pytree of (possibly sharded, multi-process) arrays, on every process."""
-    from jax.experimental import multihost_utils  # noqa: PLC0415
+    from jax.experimental import multihost_utils
 
     def get(x):
         if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
