@@ -57,20 +57,10 @@ def conv_general(
     (:func:`~hificodec_jax.models.grouped_conv.looped_grouped_conv`); otherwise the groups
     are unrolled on channel slices and concatenated.
     """
-    rank = x.ndim - 2
-    dn = dimension_numbers(rank)
-    dil = tuple(rhs_dilation) if rhs_dilation is not None else (1,) * rank
+    dil = tuple(rhs_dilation) if rhs_dilation is not None else (1,) * (x.ndim - 2)
 
     def conv(a, w, g):
-        return jax.lax.conv_general_dilated(
-            a,
-            w,
-            tuple(strides),
-            tuple(tuple(p) for p in padding),
-            rhs_dilation=dil,
-            dimension_numbers=dn,
-            feature_group_count=g,
-        )
+        return native_conv(a, w, strides, padding, dil, g)
 
     if groups == 1 or not split_groups:
         return conv(x, kernel, groups)
