@@ -7,6 +7,10 @@ quantizer loss), so D's weight gradients are never computed in the G phase.
 
 The discriminator side runs one sub-discriminator at a time (forward and backward), so the
 activations of only one are alive at once; the result is the same sum of losses and gradients.
+The phases are functions of their own (:func:`generator_forward`,
+:func:`discriminator_gradients`, :func:`generator_gradients`), which
+:mod:`~hificodec_jax.training.reference_step` runs in the same order to compare every term with
+the reference's training-parity fixture.
 
 Deviations (documented in the README): D sees real and fake as one concatenated batch (one
 spectral-norm power iteration per D step; the reference iterates on each of its calls), and a
@@ -293,7 +297,7 @@ def make_train_step(
     schedules: tuple[optax.Schedule, optax.Schedule],
     config: ml_collections.ConfigDict,
 ):
-    """``step(state, batch) -> (state, metrics)`` (not yet jitted; see ``train.py``).
+    """``step(state, batch) -> (state, metrics)`` (not yet jitted; see ``compilation.build``).
 
     ``batch = {"wav": [B, T] float32, "lengths": [B] int32}``; metrics are a flat dict of
     scalars (``loss/...``, ``vq/...``, ``grad_norm/...``, ``lr/...``, ``train/...``).
