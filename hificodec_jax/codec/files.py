@@ -48,6 +48,7 @@ class Model(NamedTuple):
 
 def load_model(directory: str | os.PathLike) -> Model:
     """The inference model of a model directory (see :func:`model_io.load`)."""
+    directory = model_io.resolve(directory)  # a released model's name is looked up once
     codec, variables = model_io.load(directory)
     return Model(codec, variables, model_io.load_config_of(directory), model_io.model_id(directory))
 

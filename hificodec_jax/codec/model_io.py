@@ -19,10 +19,6 @@ their format version. ``load`` checks the file sizes against ``files`` before re
 truncated or missing file is reported as such), then recomputes the id and refuses arrays that
 no longer match.
 
-    codec, variables = hificodec_jax.load("hificodec-16k-320d")  # a released model, by name
-    codec, variables = hificodec_jax.load("models/my-codec")      # or a model directory
-    codes = codec.apply(variables, wav, method="encode")
-
 A released model's name is looked up in :mod:`hificodec_jax.codec.pretrained` (downloaded from
 the Hugging Face Hub and converted once). :func:`hificodec_jax.codec.convert.convert_checkpoint`
 turns a released AcademiCodec ``.pth`` (read without torch) into a model directory. A
@@ -347,7 +343,13 @@ def load_variables(model: str | os.PathLike) -> dict:
     return variables
 
 
-def load(model: str | os.PathLike, *, inference: bool = True, revision: str | None = None):
+def load(
+    model: str | os.PathLike,
+    *,
+    inference: bool = True,
+    revision: str | None = None,
+    precision: str = "float32",
+):
     """``(codec, variables)`` of a model directory, or of a released model by name.
 
     ``model`` is a directory written by :func:`save_model` / ``convert_checkpoint`` / training,
@@ -361,12 +363,14 @@ def load(model: str | os.PathLike, *, inference: bool = True, revision: str | No
     Errors: :class:`ModelNotFoundError` (missing directory or files, unknown name),
     :class:`ModelLoadError` (corrupt weights, unknown format version, config and weights that
     do not fit together), ``pretrained.ModelDownloadError`` (download or conversion failed).
+    ``precision``: compute dtype, float32 whatever training used (``"bfloat16"`` on accelerators).
     """
     from hificodec_jax.models.layers import fold_weight_norm
 
     directory = resolve(model, revision=revision)
     meta = _read_meta(directory)
     config = load_config_of(directory)
+    config.precision = precision
     variables = load_variables(directory)
     has_encoder = bool(meta["has_encoder"])
     weight_norm = _is_weight_normed(variables["params"])
