@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import config, fast_init, noise
@@ -106,6 +107,18 @@ def test_folded_load_gives_the_same_outputs(saved):
     assert codec.encoder.weight_norm is False and codec.decoder.weight_norm is False
     assert "weight_v" not in str(jax.tree_util.tree_structure(variables))
     assert_same_outputs(codec, variables)
+
+
+def test_a_bf16_trained_model_loads_in_float32_unless_asked(tmp_path):
+    _, variables, _ = source()
+    cfg = config("tiny")
+    cfg.precision = "bfloat16"
+    path = model_io.save_model(tmp_path / "bf16", cfg, variables, source="unit test")
+    codec, variables = hificodec_jax.load(path)
+    assert codec.dtype == jnp.float32
+    assert_same_outputs(codec, variables)  # bit-equal codes to the float32 model
+    codec16, _ = hificodec_jax.load(path, precision="bfloat16")
+    assert codec16.dtype == jnp.bfloat16
 
 
 def test_save_refuses_to_overwrite_and_cleans_up_after_a_crash(saved, tmp_path, monkeypatch):
