@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from hificodec_jax.models.codec import Codec
+from hificodec_jax.models.quantizer import ema_state_from_codebooks
 
 MODULES = {"encoder": "encoder", "generator": "decoder"}  # torch module -> Flax submodule
 TORCH_MODULES = ("generator", "encoder", "quantizer")  # the state dicts of a released .pth
@@ -138,16 +139,8 @@ def torch_to_flax(
     if codec.quantizer.update == "loss":
         params["quantizer"] = {"codebooks": codebooks}
     else:
-        # EMA state for a converted model: unit cluster sizes, sums = codebooks, initialised (no
-        # k-means). Fine-tune released weights with update="loss" to keep every code alive.
-        variables["vq"] = {
-            "quantizer": {
-                "codebooks": codebooks,
-                "cluster_size": np.ones(codebooks.shape[:-1], np.float32),
-                "embed_sum": codebooks.copy(),
-                "initialized": np.ones((), bool),
-            }
-        }
+        # Fine-tune released weights with update="loss" to keep every code alive.
+        variables["vq"] = {"quantizer": ema_state_from_codebooks(codebooks)}
     return variables
 
 

@@ -74,6 +74,25 @@ def codebook_perplexity(counts: jax.Array) -> jax.Array:
     return xp.exp(entropy)
 
 
+def stream_names(num_streams: int, num_groups: int) -> list[str]:
+    """``r{level}g{group}`` for each code stream, level-major (the quantizer's code order): the
+    suffixes of the ``vq/perplexity_*`` training tags and the ``eval/perplexity_*`` tags."""
+    return [f"r{i // num_groups}g{i % num_groups}" for i in range(num_streams)]
+
+
+def ema_state_from_codebooks(codebooks: np.ndarray) -> dict:
+    """An initialised EMA ``vq`` state for trained ``codebooks [R, G, K, d]``: unit cluster
+    sizes and sums equal to the codebooks, so no k-means runs and every code starts at the
+    dead-code threshold's default of 1."""
+    codebooks = np.asarray(codebooks, np.float32)
+    return {
+        "codebooks": codebooks,
+        "cluster_size": np.ones(codebooks.shape[:-1], np.float32),
+        "embed_sum": codebooks.copy(),
+        "initialized": np.ones((), bool),
+    }
+
+
 def usage_stats(codes: jax.Array, weight: jax.Array, k: int):
     """``codes [N, C]`` with ``weight [N]`` -> counts ``[C, K]``, perplexity ``[C]``, dead ``[C]``."""
     onehot = jax.nn.one_hot(codes, k, dtype=jnp.float32) * weight[:, None, None]

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 
 from hificodec_jax.audio.spectral import mel_spectrogram
-from hificodec_jax.models.quantizer import codebook_perplexity
+from hificodec_jax.models.quantizer import codebook_perplexity, stream_names
 from hificodec_jax.training import losses, sharding
 from hificodec_jax.training.checkpoint import EVAL_METRIC
 
@@ -37,12 +37,6 @@ def make_eval_step(codec, config: ml_collections.ConfigDict):
         return l1, jnp.sum(valid), out.stats.counts, out.wav_hat, m, m_hat
 
     return step
-
-
-def stream_names(num_streams: int, num_groups: int) -> list[str]:
-    """``r{level}g{group}`` for each code stream, level-major (the quantizer's code order): the
-    suffixes of the ``vq/perplexity_*`` training tags and the ``eval/perplexity_*`` tags."""
-    return [f"r{i // num_groups}g{i % num_groups}" for i in range(num_streams)]
 
 
 def evaluate(

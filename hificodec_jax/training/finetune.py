@@ -14,20 +14,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from hificodec_jax.models.quantizer import ema_state_from_codebooks
 from hificodec_jax.training.step import TrainState
-
-
-def ema_state_from_codebooks(codebooks: np.ndarray) -> dict:
-    """An initialised EMA ``vq`` state for trained ``codebooks [R, G, K, d]``: unit cluster
-    sizes and sums equal to the codebooks, so no k-means runs and every code starts at the
-    dead-code threshold's default of 1."""
-    codebooks = np.asarray(codebooks, np.float32)
-    return {
-        "codebooks": codebooks,
-        "cluster_size": np.ones(codebooks.shape[:-1], np.float32),
-        "embed_sum": codebooks.copy(),
-        "initialized": np.ones((), bool),
-    }
 
 
 def generator_variables(variables: dict, update: str) -> tuple[dict, dict]:

@@ -33,6 +33,7 @@ import optax
 
 from hificodec_jax.models import discriminators
 from hificodec_jax.models.layers import param_init_key
+from hificodec_jax.models.quantizer import stream_names
 from hificodec_jax.training import losses
 
 sg = jax.lax.stop_gradient
@@ -309,7 +310,7 @@ def make_train_step(
     # the real audio (D before its update) instead of a second forward with the updated D.
     reuse_real = bool(lc.get("reuse_real_features", False))
     q_cfg = config.model.quantizer
-    stream_names = [f"r{r}g{g}" for r in range(q_cfg.num_levels) for g in range(q_cfg.num_groups)]
+    names = stream_names(q_cfg.num_levels * q_cfg.num_groups, q_cfg.num_groups)
 
     def step(state: TrainState, batch: dict):
         wav, lengths = batch["wav"], batch["lengths"]
@@ -351,7 +352,7 @@ def make_train_step(
 
         # -- bookkeeping ----------------------------------------------------------------------
         skipped = state.skipped + jnp.stack([~g_ok, ~d_ok]).astype(jnp.int32)
-        for name, ppl in zip(stream_names, out.stats.perplexity, strict=False):
+        for name, ppl in zip(names, out.stats.perplexity, strict=False):
             metrics[f"vq/perplexity_{name}"] = ppl
         metrics["vq/dead_codes"] = jnp.sum(out.stats.dead_codes)
         metrics["lr/g"] = schedules[0](state.step)
