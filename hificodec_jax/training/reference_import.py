@@ -40,6 +40,7 @@ __all__ = [
     "discriminators_to_torch",
     "import_reference_training",
     "parameter_keys",
+    "variable_shapes",
 ]
 
 D_SECTIONS = ("mpd", "msd", "mstftd")  # do_ sections = our Discriminators submodule names
@@ -158,7 +159,8 @@ def _nest(flat: dict) -> dict:
     return tree
 
 
-def _templates(discs: Discriminators) -> dict[str, dict]:
+def variable_shapes(discs: Discriminators) -> dict[str, dict]:
+    """``{collection: {path: shape}}`` of ``discs``' variables (traced, not computed)."""
     wav = jax.ShapeDtypeStruct((1, max(4096, 2 * max(discs.stft_n_ffts))), jnp.float32)
     shapes = jax.eval_shape(discs.init, jax.random.key(0), wav)
     return {c: {p: tuple(s.shape) for p, s in _flat(t).items()} for c, t in shapes.items()}
@@ -180,15 +182,20 @@ def _check_single_gpu(do: dict) -> None:
 
 
 def discriminators_from_torch(
-    sections: dict[str, dict], discs: Discriminators, *, buffers: bool = True
+    sections: dict[str, dict],
+    discs: Discriminators,
+    *,
+    buffers: bool = True,
+    templates: dict[str, dict] | None = None,
 ) -> tuple[dict, dict]:
     """``do_``'s ``{"mpd", "msd", "mstftd"}`` state dicts -> ``(params, spectral)`` for ``discs``.
 
     Every family of ``discs`` must be present (its ``module_name``); keys and shapes are checked
     (:class:`CheckpointMismatchError` names the first bad key). ``buffers=False`` converts
     parameter-shaped trees that lack the buffers (e.g. Adam moments): ``spectral`` is then empty.
+    ``templates``: :func:`variable_shapes` of ``discs``, if already at hand.
     """
-    templates = _templates(discs)
+    templates = templates or variable_shapes(discs)
     out: dict[str, dict] = {"params": {}, "spectral": {}}
     for name in discs.families:
         section = REGISTRY[name].module_name
@@ -347,7 +354,8 @@ def import_reference_training(
         key = rng if rng is not None else jax.random.key(0)
         fresh = jax.tree.map(np.asarray, stft.init(key, wav)["params"])
         sections["mstftd"] = discriminators_to_torch({"mstftd": fresh})["mstftd"]
-    d_params, spectral = discriminators_from_torch(sections, discs)
+    shapes = variable_shapes(discs)  # traced once for the weights and both moments
+    d_params, spectral = discriminators_from_torch(sections, discs, templates=shapes)
 
     # torch Adam: parameters in the reference's chain order, each module in state-dict order.
     d_keys = [(s, k) for s in D_OPTIM_ORDER for k in parameter_keys(sections[s])]
@@ -356,7 +364,9 @@ def import_reference_training(
         d_mu.pop("mstftd", None)
         d_nu.pop("mstftd", None)
     d_mu, d_nu = (
-        discriminators_from_torch(_fill_missing(m, sections), discs, buffers=False)[0]
+        discriminators_from_torch(
+            _fill_missing(m, sections), discs, buffers=False, templates=shapes
+        )[0]
         for m in (d_mu, d_nu)
     )
     g_keys = [(s, k) for s in G_OPTIM_ORDER for k in g_state.get(s, {})]
