@@ -31,7 +31,7 @@ PY="$ROOT/.venv/bin/python"
 if [ "$INSTALL" = 1 ]; then
   run python3 -m venv "$ROOT/.venv"
   run "$PY" -m pip install -q -U pip
-  run "$PY" -m pip install -q -e "$ROOT" "jax[cuda12]==$(pinned_jax_version)"
+  run "$PY" -m pip install -q -e "${ROOT}[train]" "jax[cuda12]==$(pinned_jax_version)"
 fi
 [ -x "$PY" ] || PY=python3
 

@@ -89,7 +89,7 @@ install() {
   run "${SSH[@]}" --command="set -e && rm -rf ~/hificodec_jax && mkdir -p ~/hificodec_jax \
 && tar xzf ~/hificodec_jax.tar.gz -C ~/hificodec_jax && python3 -m venv ~/venv \
 && ~/venv/bin/pip install -q -U pip \
-&& ~/venv/bin/pip install -q -e \"\$HOME/hificodec_jax[gcs]\" 'jax[tpu]==$jax_version'"
+&& ~/venv/bin/pip install -q -e \"\$HOME/hificodec_jax[train,gcs]\" 'jax[tpu]==$jax_version'"
   [ "$DRY_RUN" = 1 ] || rm -f "$tarball"
 }
 

@@ -49,6 +49,7 @@ def test_tpu_up_dry_run():
     assert archive.startswith("git -C ") and " archive " in archive
     assert scp.startswith("gcloud compute tpus tpu-vm scp") and "--worker=all" in scp
     assert "--worker=all" in install and "jax\\[tpu\\]==" in install
+    assert "hificodec_jax[train,gcs]" in install.replace("\\", "")  # training is an extra
     assert train.startswith(
         "gcloud compute tpus tpu-vm ssh codec --zone=us-central2-b --worker=all"
     )
@@ -81,6 +82,10 @@ def test_gpu_and_slurm_dry_run():
     (cmd,) = _dry("gpu.sh", "--workdir", "runs/x", "--", "--config.batch_size=16")
     assert "-m hificodec_jax.main --config=configs/grvq4.py --workdir=runs/x" in cmd
     assert cmd.rstrip().endswith("--config.batch_size=16")
+    *setup, _ = _dry("gpu.sh", "--install", "--workdir", "runs/x")
+    assert "[train]" in setup[-1].replace("\\", "") and "jax[cuda12]==" in setup[-1].replace(
+        "\\", ""
+    )
     (sbatch,) = _dry("slurm.sh", "--nodes", "4", "--workdir", "/shared/r", "--partition", "gpu")
     assert sbatch.startswith("sbatch --nodes=4 --ntasks-per-node=1 --gpus-per-node=8")
     assert "--partition=gpu" in sbatch and sbatch.rstrip().endswith("launch/slurm_job.sbatch")
