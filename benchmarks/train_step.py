@@ -18,10 +18,9 @@ measured afterwards). Prints progress lines, then one JSON object as the last li
   ``g_step_s`` (the rest: D on real + fake again with input gradients only, mel losses,
   backward through the generator, both optimizer updates).
 
-The spec (reference.md section 11) gives the PyTorch reference 41.5 s per such step with a
-7.4 GiB peak on this machine class; runs of the reference's training-loop body (torch 2.13 CPU,
-2 threads) adjacent to this benchmark measured 17.2-26.5 s and 7.5-7.7 GiB (README, Benchmarks).
-Compare with a torch run adjacent to this one.
+The ``spec_reference_*`` fields repeat the spec's figure for the PyTorch reference
+(reference.md section 11); the machines' speed swings, so compare with a torch run adjacent to
+this one (measured figures: ``benchmarks/RESULTS.md``).
 
 Run: python benchmarks/train_step.py [--repeats 3] [--batch 4] [--families mpd,msd,stft]
 """
@@ -68,8 +67,7 @@ def step_gflop(config, mesh) -> float:
     XLA counts a loop's body once, and MSD's grouped convs run in loops over their groups
     (``models/grouped_conv.py``), so the count is taken from the same step lowered with XLA's
     own grouped convolution (``disc.split_groups=False``: the same arithmetic, no loops), before
-    optimisation. It was 2194 GFLOP for the default benchmark, against 2207 GFLOP counted on the
-    compiled step when the groups were unrolled.
+    optimisation.
     """
     config = config.copy_and_resolve_references()
     config.disc.split_groups = False
@@ -167,8 +165,8 @@ def main(argv=None) -> dict:
         "probe_gflops": round(probe, 1),
         "gflop": round(gflop, 1),
         "probe_fraction": round(gflop / med / probe, 3),
-        "spec_reference_step_s": 41.5,  # reference.md; adjacent torch runs measured 17.2-26.5 s
-        "spec_reference_peak_rss_mib": 7588,  # 7.41 GiB
+        "spec_reference_step_s": 41.5,  # reference.md section 11's figure
+        "spec_reference_peak_rss_mib": 7588,  # reference.md's 7.4 GiB
     }
     print(json.dumps(result))
     return result

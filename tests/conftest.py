@@ -3,10 +3,8 @@ cheaper XLA CPU code generation.
 
 Compiling dominates this suite (the tiny models run in milliseconds). Without the fusion
 emitters and at backend optimisation level 0 (no LLVM optimisation of XLA's own kernels;
-convolutions and matmuls still run in their libraries), XLA CPU compiles small programs 2-4x
-faster: the tiny train step and its initialiser 48 + 39 s with XLA's defaults, 17 + 20 s at
-level 1 and 9 + 8 s at level 0 on a 2-core AMD EPYC. The whole suite (two workers) took
-8.5 min at level 0 against 13.5 min at level 1 there, run one after the other. The programs
+convolutions and matmuls still run in their libraries), XLA CPU compiles small programs
+several times faster (figures in docs/performance-notes.md). The programs
 compute the same functions; only the generated code and its float rounding differ, which every
 test tolerates. The library, ``main`` and the benchmarks use XLA's defaults, as do the tests'
 subprocesses that drop ``XLA_FLAGS`` (checkpoint crash, inference memory). To test with

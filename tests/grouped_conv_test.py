@@ -82,7 +82,7 @@ def test_wrong_padding_rank_is_refused():
 @pytest.mark.parametrize("groups", [4, 16])
 def test_compiled_gradient_has_three_canonical_convolutions(groups):
     """Forward, input gradient and kernel gradient: one convolution each, in the canonical
-    ``b0f_0io->b0f`` form (XLA CPU runs others inside a loop as naive loops, ~25x slower)."""
+    ``b0f_0io->b0f`` form (XLA CPU runs others inside a loop as naive loops, far slower)."""
     x = jnp.zeros((2, 64, 2 * groups), jnp.float32)
     w = jnp.zeros((9, 2, 4 * groups), jnp.float32)
     grad = jax.jit(

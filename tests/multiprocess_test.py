@@ -6,21 +6,20 @@ generator, EMA codebooks, optimizer moments); the first step's k-means initialis
 global batch; the checkpoint they wrote collectively restores in one process; process 0's
 export loads.
 
-Why step 2 is compared from the run's own step-1 state: the first step initialises the
-codebooks by k-means on the batch's frames, which is chaotic under float rounding. Where the
-two layouts round differently (seen on an AMD EPYC with cheaper XLA codegen flags), cluster
-sizes came out up to 17 frames apart, codebooks 3 % of their scale, and everything downstream
-(the generator's update, its Adam moments) moved with them. From the same initialised codebooks
-the EMA step is smooth in its inputs (as in ``train_step_test``'s FSDP test).
+Why step 2 is compared from the run's own step-1 state: the first step initialises the codebooks
+by k-means on the batch's frames, which is chaotic under float rounding. Where the two layouts
+round differently (as under the tests' cheaper XLA code generation), cluster sizes and codebooks
+differ visibly, and everything downstream (the generator's update, its Adam moments) moves with
+them. From the same initialised codebooks the EMA step is smooth in its inputs (as in
+``train_step_test``'s FSDP test).
 
 Tolerances: parameters, codebooks and the discriminator's moments agree to 1e-5 of each leaf's
 scale. The generator's Adam moments get 1e-3: XLA CPU splits the long reductions of the
 generator's weight-gradient convolutions differently depending on how many devices the process
-hosts, so even one process on the same 4-device mesh moves them by up to 3.7e-5 of their scale
-after one step when the host simulates 8 instead of 4 CPU devices (measured; deterministic for
-a given device count), and the gradients of the weight-norm gains cancel heavily (2.1e-4 seen
-after two steps here). A wrong batch layout, a missing or doubled reduction gives errors of
-order 1.
+hosts, so even one process on the same 4-device mesh moves them slightly when the host simulates 8
+instead of 4 CPU devices (deterministic for a given device count), and the gradients of the
+weight-norm gains cancel heavily (docs/performance-notes.md gives the spreads). A wrong batch
+layout, a missing or doubled reduction gives errors of order 1.
 """
 
 from __future__ import annotations

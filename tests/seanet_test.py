@@ -26,7 +26,7 @@ def _small_config():
     """The paper config shrunk for speed: 2 blocks (hop 40), 4 channels, 16-d latent, 32 codes.
 
     Strides 5 and 8 cover both an odd ``K - S`` (asymmetric padding) and an even one; a third
-    block costs ~20% more test time, nearly all XLA:CPU compilation.
+    block costs more test time, nearly all XLA:CPU compilation.
     """
     config = _config()
     model = config.model

@@ -154,7 +154,7 @@ def test_msd_step_gap_is_the_power_iteration(run):
     """Our G phase uses MSD's spectral-norm vectors from the D phase (a documented deviation);
     the reference's training-mode calls each run one power iteration on D's *updated* weights:
     one before D(y), another before D(y_hat). Given exactly those vectors, step/'s MSD terms
-    match the reference ~100x tighter, so the power iteration alone makes their gap."""
+    match the reference far tighter, so the power iteration alone makes their gap."""
     terms, _ = run
     ref = _cases()
     config = factory.load_config(f"{CONFIG}:academicodec")

@@ -1,19 +1,19 @@
 """Grouped convolutions as one dense convolution per group, looped, with a hand-written VJP.
 
-Why: XLA CPU's grouped convolution (``feature_group_count``) runs ~10x slower than dense
-convolutions of the same total size. One dense conv per group on channel slices, unrolled, is
-fast but every group is a separate op, so MSD's 16-group layers made it the largest part of the
-train step's compile. Here the groups run in a loop (``fori_loop``; each iteration slices one
-group's channels, runs one dense conv and writes its output channels in place), so each layer
-compiles once, not once per group. This is XLA CPU's form only: on GPU and TPU the model
+Why: XLA CPU's grouped convolution (``feature_group_count``) runs several times slower than
+dense convolutions of the same total size. One dense conv per group on channel slices, unrolled,
+is fast but every group is a separate op, so MSD's 16-group layers made it the largest part of
+the train step's compile. Here the groups run in a loop (``fori_loop``; each iteration slices
+one group's channels, runs one dense conv and writes its output channels in place), so each
+layer compiles once, not once per group. This is XLA CPU's form only: on GPU and TPU the model
 uses XLA's grouped convolution (the choice is made per platform in
 :func:`hificodec_jax.models.strided_conv.space_to_depth_conv`).
 
 The VJP is written by hand because XLA CPU emits a convolution as a fast (Eigen) library call
 only in its canonical form (input ``NWC``, kernel ``WIO``, output ``NWC``): in the main program
 it inserts the transposes that make jax's gradient convolutions canonical, but not inside a
-loop body, where they run as naive loops (25-30x slower, measured on the 2-core CI machine
-class). So the backward pass is two more loops of canonical convolutions:
+loop body, where they run as naive loops, far slower. So the backward pass is two more loops
+of canonical convolutions:
 
 * input gradient: ``dx = conv(dy, flip(W)^T)`` with padding ``(K-1-lo, K-1-hi)`` per axis (the
   flipped, transposed kernels are made once, outside the loop);
@@ -22,10 +22,9 @@ class). So the backward pass is two more loops of canonical convolutions:
   transposes sit behind an ``optimization_barrier`` so that XLA cannot fold them back into the
   convolution's dimension numbers.
 
-Both are exact: the same sums as jax's own transpose rules (bit-equal gradients measured on
-MSD). Measured on one MSD scale's D phase (forward and gradients, batch 8 x 1 s): compile 5 s
-against 12-16 s unrolled, run time the same within the machine's noise, XLA temporaries 684
-against 528 MiB (the loops' whole-layer output and gradient buffers).
+Both are exact: the same sums as jax's own transpose rules (bit-equal gradients on MSD). The
+price is more XLA temporaries than unrolled groups: the loops hold whole-layer output and
+gradient buffers (figures in docs/performance-notes.md).
 """
 
 from __future__ import annotations

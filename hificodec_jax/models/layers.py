@@ -34,13 +34,12 @@ def param_init_key(key: jax.Array) -> jax.Array:
     Deviation from threefry, jax's default: XLA compiles every threefry draw into its own
     unrolled hash (flax folds each parameter's path into the key, then draws its values), and
     for the hundreds of arrays of ``configs/grvq4.py`` (495 in the generator alone) that made
-    the jitted train-state initialiser the slowest program to compile (197 s against 65 s
-    with this key on a 2-core AMD EPYC). ``unsafe_rbg`` draws with XLA's RngBitGenerator, a
-    single op per array; its fold-ins (one per parameter: flax hashes the whole path into one
-    32-bit value) are XORs of generator outputs. Same seed, same values on every mesh of one
-    backend (tested); the values may differ across backends and XLA versions (the generator's
-    algorithm is the backend's). Only the initial draws use it: training's keys (k-means,
-    dead-code restarts) stay threefry.
+    the jitted train-state initialiser the slowest program to compile. ``unsafe_rbg`` draws with
+    XLA's RngBitGenerator, a single op per array; its fold-ins (one per parameter: flax hashes
+    the whole path into one 32-bit value) are XORs of generator outputs. Same seed, same values
+    on every mesh of one backend (tested); the values may differ across backends and XLA
+    versions (the generator's algorithm is the backend's). Only the initial draws use it:
+    training's keys (k-means, dead-code restarts) stay threefry.
     """
     return jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="unsafe_rbg")
 
@@ -153,7 +152,7 @@ class ConvTranspose1d(_WeightNormed):
     torch's output cropped to ``F*S`` samples. Output phase ``r`` at frame ``t`` is
     ``y[t*S + r] = sum_j x[t - j] @ W[j*S + r + p]``, so one conv from ``C_in`` to ``S*C_out``
     channels with ``j_max - j_min + 1`` taps followed by a reshape gives every phase at once
-    (no zero-stuffed input: ~1.4x faster than the dilated-input form in training).
+    (no zero-stuffed input, which makes training faster than the dilated-input form).
     Weight norm follows torch: ``g`` has one entry per *input* channel (dim 0 of torch's
     ``(in, out, k)`` weight).
     """

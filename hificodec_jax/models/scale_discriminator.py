@@ -6,12 +6,12 @@ performance.md, "full GAN training step"):
 
 * MSD's grouped convs run as one dense conv per group (``split_groups=True``), in a loop over
   the groups with a hand-written VJP (:mod:`hificodec_jax.models.grouped_conv`); XLA CPU's
-  ``feature_group_count`` conv is ~10x slower, and unrolling the groups made MSD more than half
-  of the train step's compile. The kernel is stored whole, ``[K, C_in/G, C_out]`` like
+  ``feature_group_count`` conv is several times slower, and unrolled groups made MSD most of
+  the train step's compile. The kernel is stored whole, ``[K, C_in/G, C_out]`` like
   ``feature_group_count`` expects, so both paths (and checkpoint conversion) share one layout.
 * MSD's strided convs (and MS-STFT's frequency-strided ones) run as stride-1 convs over a
   space-to-depth input (:mod:`hificodec_jax.models.strided_conv`): XLA CPU computes the input
-  gradient of a strided conv from a zero-dilated output gradient, 3-7x slower than the forward.
+  gradient of a strided conv from a zero-dilated output gradient, much slower than the forward.
 
 Spectral norm (MSD's first scale) is a power-iteration parametrisation like the old-style
 ``torch.nn.utils.spectral_norm``: the trainable ``params`` hold ``kernel`` (torch ``weight_orig``)
@@ -70,7 +70,7 @@ def grouped_conv1d(
     ``split_groups`` it is computed as ``groups`` dense convs, looped
     (:mod:`hificodec_jax.models.grouped_conv`).
     A strided conv runs as a stride-1 conv over a space-to-depth input (exact; its backward
-    pass is 2-3x faster on XLA CPU, see :mod:`hificodec_jax.models.strided_conv`).
+    pass is faster on XLA CPU, see :mod:`hificodec_jax.models.strided_conv`).
     """
     return space_to_depth_conv(
         x, kernel, (stride,), (tuple(padding),), groups=groups, split_groups=split_groups

@@ -74,7 +74,7 @@ class Conv2d(_WeightNormed):
                 for k, d in zip(self.kernel_size, self.dilation, strict=True)
             )
         # Strided along frequency: a stride-1 conv over a space-to-depth input (exact, and its
-        # backward pass is ~2.5x faster on XLA CPU; see models/strided_conv.py).
+        # backward pass is faster on XLA CPU; see models/strided_conv.py).
         y = space_to_depth_conv(
             x,
             kernel.astype(x.dtype),

@@ -1,12 +1,11 @@
 """Strided convolutions computed as stride-1 convolutions over a space-to-depth input (exact).
 
 Why: on XLA CPU the *input gradient* of a strided convolution is a convolution of the
-zero-dilated output gradient (``lhs_dilation``), which runs 3-7x slower than the forward pass.
+zero-dilated output gradient (``lhs_dilation``), which runs much slower than the forward pass.
 It dominates the backward passes of the discriminators (MSD's stride-2/4 grouped convs, the
 MS-STFT's frequency-stride-2 convs). Folding each stride into channels turns the layer into a
-stride-1 convolution, whose gradients are stride-1 convolutions too; measured on the 2-core CI
-machine class, forward + backward of MSD's first strided layer went from 1.15 s to 0.57 s and
-the widest MS-STFT layer from 0.68 s to 0.26 s (batch 8 x 1 s), forwards unchanged.
+stride-1 convolution, whose gradients are stride-1 convolutions too (figures in
+docs/performance-notes.md).
 
 The rewrite along one strided axis (stride ``s``, kernel ``K``, padding ``(lo, hi)``, input
 length ``L``; output length ``L_out = (L + lo + hi - K) // s + 1``): with ``J = ceil(K / s)`` and
@@ -52,7 +51,7 @@ def conv_general(
 
     Same function as ``lax.conv_general_dilated(..., feature_group_count=groups)``. With
     ``split_groups`` (and ``groups > 1``) it runs as one dense conv per group: XLA CPU's
-    ``feature_group_count`` convolution is ~10x slower. Stride 1 without dilation (every
+    ``feature_group_count`` convolution is several times slower. Stride 1 without dilation (every
     grouped conv here, after space-to-depth) loops over the groups
     (:func:`~hificodec_jax.models.grouped_conv.looped_grouped_conv`); otherwise the groups
     are unrolled on channel slices and concatenated.

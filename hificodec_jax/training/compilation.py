@@ -125,7 +125,7 @@ def compile_step(
 # XLA CPU's default YNNPACK library fusions are {individual dot, individual convolution, reduce}
 # (jaxlib 0.10); its 2-D convolution is slower than XLA's own on the MS-STFT discriminator's
 # 3x9 convs (the others are 1-D), so the train step is compiled without YNNPACK convolutions
-# on CPU (those convs ran 1.4x faster on a Xeon and 5x on an EPYC without it).
+# on CPU (figures in docs/performance-notes.md).
 _CPU_STEP_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": (
         "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"

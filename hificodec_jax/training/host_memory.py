@@ -3,10 +3,9 @@
 XLA's compiler allocates gigabytes of small objects while it compiles the train step and frees
 them afterwards, but glibc keeps the freed pages inside its heap arenas, where the runtime's
 large (mmap-backed) buffers cannot reuse them: the process's resident size then carries the
-compiler's peak for the rest of the run. ``malloc_trim(0)`` hands those pages back to the OS.
-Measured on the train step of ``configs/grvq4.py`` (batch 4 x 1 s, 2-core CPU host, step
-compiled before the state is created): 2.3 GiB less resident memory after compiling, and a peak
-RSS of the process of 5.95 GiB instead of 8.09 GiB over compile, init and three steps.
+compiler's peak for the rest of the run. ``malloc_trim(0)`` hands those pages back to the OS,
+so the train state created after the compile reuses them (figures in
+docs/performance-notes.md).
 
 On accelerators the device memory is unaffected; this only concerns the host process.
 """

@@ -12,7 +12,7 @@ The phases are functions of their own (:func:`generator_forward`,
 :mod:`~hificodec_jax.training.reference_step` runs in the same order to compare every term with
 the reference's training-parity fixture.
 
-Deviations (documented in the README): D sees real and fake as one concatenated batch (one
+Deviations (documented in docs/deviations.md): D sees real and fake as one concatenated batch (one
 spectral-norm power iteration per D step; the reference iterates on each of its calls), and a
 non-finite loss or gradient skips that update (counted in ``skipped``) instead of crashing.
 Optional, off by default: ``loss.reuse_real_features`` takes the G phase's feature-matching
@@ -78,9 +78,9 @@ def _after(x, previous):
     """``x``, computed only once ``previous`` is: an ordering constraint for XLA's scheduler.
 
     The sub-discriminators are independent of each other, so XLA may run all their forward
-    passes before any backward pass and hold every activation at once (3.5 GiB of temporaries
-    for the reference widths at batch 4 x 1 s). Making each one's input depend on the previous
-    one's gradient keeps the activations of about one sub-discriminator alive at a time.
+    passes before any backward pass and hold every activation at once. Making each one's input
+    depend on the previous one's gradient keeps the activations of about one sub-discriminator
+    alive at a time.
     ``optimization_barrier`` does not do it: XLA CPU removes barriers before scheduling. The
     dependency is ``x + 0 * s`` with ``s`` a finite scalar drawn from every leaf of
     ``previous`` (XLA does not fold a float multiply by zero), so ``x`` is unchanged.
@@ -269,10 +269,9 @@ def _update_if_finite(tx, loss, grads, params, opt_state, extra_new, extra_old):
 
     Returns ``(params, opt_state, extra, grad_norm, ok)``; ``extra`` (non-optax state updated
     by the same forward pass, e.g. EMA codebooks) follows the same decision. The update runs
-    inside one conditional: computed outside it, the new parameters and moments were held next
-    to the old ones until the end of the step (0.8 GiB for the discriminators), and a
-    ``jnp.where`` per leaf, with a finiteness reduction per leaf, tripled the compile time (a
-    NaN/inf anywhere already makes the global gradient norm non-finite).
+    inside one conditional, so that the new parameters and moments are not held next to the old
+    ones until the end of the step, and one finiteness test (a NaN/inf anywhere already makes the
+    global gradient norm non-finite) replaces a ``jnp.where`` per leaf, which compiles slowly.
     """
     grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
