@@ -30,7 +30,9 @@ from hificodec_jax.training.preemption import PREEMPTED_EXIT_CODE
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("audio")
+    # A fixed folder name: the held-out split hashes parent/name, and "data" holds out a clip.
+    d = tmp_path_factory.mktemp("train_test") / "data"
+    d.mkdir()
     write_clips(d)
     sf.write(d / "stereo_22k.wav", np.stack([synthetic_speech(22050, 0.4)] * 2, 1), 22050)
     sf.write(d / "short.wav", synthetic_speech(16000, 0.1, seed=9), 16000)  # zero-padded crop
