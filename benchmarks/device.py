@@ -77,6 +77,11 @@ SMOKE_OVERRIDES = {
 }
 
 
+def _sig(x: float, digits: int = 4) -> float:
+    """``x`` to ``digits`` significant digits: ratios of reported figures stay exact to 0.1 %."""
+    return float(f"{x:.{digits}g}")
+
+
 def _note(msg: str) -> None:
     print(f"[device.py {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -118,7 +123,7 @@ def _peak_mib(device) -> float | None:
 def _mfu(flops, seconds, peak_tflops) -> float | None:
     if not flops or not peak_tflops:
         return None
-    return round(flops / seconds / (peak_tflops * 1e12), 4)
+    return _sig(flops / seconds / (peak_tflops * 1e12))
 
 
 def _median_s(fn, repeats: int) -> float:
@@ -238,9 +243,9 @@ def bench_inference(config, batches, seconds: float, precisions, repeats: int, p
             continue
         flops = _flops(program)
         entry.update(
-            call_s=round(step_s, 4),
-            x_realtime=round(b * samples / sr / step_s, 1),
-            gflop=round(flops / 1e9, 3) if flops else None,
+            call_s=_sig(step_s),
+            x_realtime=_sig(b * samples / sr / step_s),
+            gflop=_sig(flops / 1e9) if flops else None,
             mfu=_mfu(flops, step_s, peak),
             program_mib=_program_mib(program),
         )
@@ -299,9 +304,9 @@ def bench_train(config, batches, precisions, repeats: int, peak) -> list:
         flops = _flops(program)
         metrics = jax.device_get(metrics)
         entry.update(
-            step_s=round(step_s, 4),
-            audio_s_per_s=round(b * seg / sr / step_s, 1),
-            gflop=round(flops / 1e9, 3) if flops else None,
+            step_s=_sig(step_s),
+            audio_s_per_s=_sig(b * seg / sr / step_s),
+            gflop=_sig(flops / 1e9) if flops else None,
             mfu=_mfu(flops, step_s, peak),
             program_mib=_program_mib(program),
             peak_mib_after=_peak_mib(device),
