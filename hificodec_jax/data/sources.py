@@ -2,7 +2,7 @@
 
 :func:`make_sources` picks the training data from ``config.data`` (ArrayRecord data prepared
 by :mod:`hificodec_jax.data.corpora`, a directory tree of audio files, or the built-in demo
-corpus); :func:`expand_audio_paths` / :func:`audio_files` turn paths a user typed (files,
+corpus); :func:`expand_audio_paths` turns paths a user typed (files,
 directories, globs) into audio files, with the same extension list and directory walk
 (:func:`hificodec_jax.audio.audio_io.list_audio_files`). grain and TFDS are imported only
 when training sources are made, so the CLI's inference commands do not need them.
@@ -19,7 +19,7 @@ from absl import logging
 
 from hificodec_jax.audio.audio_io import AUDIO_EXTENSIONS, list_audio_files
 
-__all__ = ["audio_files", "expand_audio_paths", "make_sources", "steps_per_epoch"]
+__all__ = ["expand_audio_paths", "make_sources", "steps_per_epoch"]
 
 _GLOB_CHARS = ("*", "?", "[")
 
@@ -100,12 +100,3 @@ def _expand_one(path: str, extensions: tuple[str, ...]) -> list[tuple[str, str]]
     if not files:
         raise FileNotFoundError(f"no files ({', '.join(extensions)}) under {path}")
     return [(f, os.path.relpath(f, root)) for f in files]
-
-
-def audio_files(
-    paths: str | os.PathLike | Iterable[str | os.PathLike],
-    *,
-    extensions: tuple[str, ...] = AUDIO_EXTENSIONS,
-) -> list[str]:
-    """The files of :func:`expand_audio_paths` (absolute paths, in its order)."""
-    return [f for f, _ in expand_audio_paths(paths, extensions=extensions)]
