@@ -42,6 +42,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import hificodec_jax
+from configs.tiny import SMALL_STEP_OVERRIDES
 from hificodec_jax import factory
 from hificodec_jax.training import compilation, sharding
 
@@ -63,17 +64,6 @@ PEAK_BF16_TFLOPS = {
     "TPU v5": 459.0,
     "TPU v6 lite": 918.0,
     "TPU v6e": 918.0,
-}
-
-# The smoke run: the tiny config cut like the train-step tests (one resblock per stage, MS-STFT
-# with two scales), one small batch, both precisions.
-SMOKE_OVERRIDES = {
-    "disc.families": ("stft",),
-    "disc.stft_n_ffts": (256, 128),
-    "model.encoder.resblock_kernel_sizes": (3,),
-    "model.encoder.resblock_dilations": ((1,),),
-    "model.decoder.resblock_kernel_sizes": (3,),
-    "model.decoder.resblock_dilations": ((1,),),
 }
 
 
@@ -336,7 +326,7 @@ def main(argv=None) -> dict:
     name = args.config or os.path.join(REPO, "configs", "tiny.py" if smoke else "grvq4.py")
     config = hificodec_jax.load_config(name)
     if smoke:
-        config.update_from_flattened_dict(SMOKE_OVERRIDES)
+        config.update_from_flattened_dict(SMALL_STEP_OVERRIDES)
     else:
         config.data.segment_size = config.audio.sample_rate  # 1 s
     config.disc.families = config.disc.families if smoke else ("mpd", "msd", "stft")

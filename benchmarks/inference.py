@@ -17,7 +17,7 @@ after a matmul probe and prints one JSON line (``encode_s``, ``decode_s``, ``tot
 with the reference so that the two never run at once.
 
 ``--chunked``: 60 s of audio (``--seconds``) through the chunked long-audio path
-(``hificodec_jax.codec.inference``) and through whole-file processing, each in its own process so
+(``hificodec_jax.inference.long_files``) and through whole-file processing, each in its own process so
 that peak RSS is measured separately; prints one JSON object with both (``chunked_rtf``,
 ``whole_rtf``, ``chunked_peak_rss_mib``, ``whole_peak_rss_mib``, ``max_abs_diff``,
 ``rel_rms_diff``). Released configs run with the parity fixtures' reference-layout weights.
@@ -172,7 +172,7 @@ def fixture_variables(config_path: str, codec):
     """Fixture weights for the released configs, else ``None``."""
     import importlib.util
 
-    from hificodec_jax.codec.convert import torch_to_flax
+    from hificodec_jax.reference.convert import torch_to_flax
 
     case = FIXTURE_CASES.get(os.path.basename(config_path))
     recipe = os.path.join(REPO, "tests", "data", "academicodec", "make_weights.py")
@@ -198,15 +198,15 @@ def _setup(args):
 
 def run_mode(args) -> dict:
     """One mode in this process: encode + decode once (after a warm-up), time and peak RSS."""
-    from hificodec_jax.codec import inference
 
     config, codec, variables, wav = _setup(args)
     sr = config.audio.sample_rate
     if args.mode == "chunked":
+        from hificodec_jax.inference import long_files
 
         def run():
-            codes = inference.chunked_encode(codec, variables, wav, sample_rate=sr)
-            return inference.chunked_decode(codec, variables, codes, sample_rate=sr)
+            codes = long_files.chunked_encode(codec, variables, wav, sample_rate=sr)
+            return long_files.chunked_decode(codec, variables, codes, sample_rate=sr)
     else:
         enc = jax.jit(lambda v, x: codec.apply(v, x, method="encode"))
         dec = jax.jit(lambda v, c: codec.apply(v, c, method="decode"))

@@ -1,6 +1,6 @@
 """One training step of the reference objective from a reference checkpoint pair: every term.
 
-    python benchmarks/reference_step.py G_PTH DO_PTH AUDIO_NPY --config configs/grvq4.py:academicodec
+    python benchmarks/parity.py G_PTH DO_PTH AUDIO_NPY --config configs/grvq4.py:academicodec
 
 ``G_PTH`` / ``DO_PTH``: the reference's ``g_XXXXXXXX`` and ``do_XXXXXXXX`` files (read
 torch-free); ``AUDIO_NPY``: a float32 ``[B, L]`` batch. Runs the recipe's objective at those
@@ -22,8 +22,8 @@ import sys
 import numpy as np
 
 from hificodec_jax import factory
-from hificodec_jax.codec.pth_reader import load_pth
-from hificodec_jax.training import reference_step
+from hificodec_jax.reference import parity
+from hificodec_jax.reference.pth import load_pth
 
 
 def main(argv: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -42,14 +42,14 @@ def main(argv: list[str] | None = None) -> dict[str, np.ndarray]:
     if wav.ndim != 2:
         parser.error(f"{args.audio_npy}: expected a float32 [B, L] batch, got shape {wav.shape}")
     config = factory.load_config(args.config)
-    terms = reference_step.reference_terms(
+    terms = parity.reference_terms(
         load_pth(args.g_pth),
         load_pth(args.do_pth),
         wav.astype(np.float32),
         config,
         fresh_stft=args.fresh_stft,
     )
-    print(json.dumps(reference_step.scalar_terms(terms)))
+    print(json.dumps(parity.scalar_terms(terms)))
     sys.stdout.flush()
     return terms
 

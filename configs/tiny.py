@@ -5,6 +5,19 @@
 
 from hificodec_jax import config_defaults as d
 
+# A smaller train step for tests and smoke runs, whose time goes into compiling: one resblock
+# per stage and two MS-STFT scales (two sub-discriminators, so the step still sequences them),
+# about half the compile of the init and of the step. Used with
+# ``config.update_from_flattened_dict`` or as ``--config.KEY=VALUE`` flags.
+SMALL_STEP_OVERRIDES = {
+    "disc.families": ("stft",),
+    "disc.stft_n_ffts": (256, 128),
+    "model.encoder.resblock_kernel_sizes": (3,),
+    "model.encoder.resblock_dilations": ((1,),),
+    "model.decoder.resblock_kernel_sizes": (3,),
+    "model.decoder.resblock_dilations": ((1,),),
+}
+
 
 def get_config(arg=None):
     model = d.hifigan_model_config(

@@ -105,7 +105,7 @@ def base_config(
     # training (fresh discriminators and optimizer states); empty: random initialisation.
     config.init_from = ""
     # "G_PTH,DO_PTH": continue a reference run from its g_ + do_ checkpoints (academicodec
-    # recipe; training/reference_resume.py); fresh_stft: a single-GPU do_ lacks MS-STFT's weights.
+    # recipe; reference/resume.py); fresh_stft: a single-GPU do_ lacks MS-STFT's weights.
     config.resume_reference = ""
     config.resume_reference_fresh_stft = False
     return config

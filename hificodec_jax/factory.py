@@ -1,19 +1,24 @@
-"""Build a :class:`~hificodec_jax.models.codec.Codec` from a config (``configs/*.py``).
+"""Configs and the modules built from them: :func:`load_config` (a ``configs/*.py`` file, a
+released model's name, a model directory or its ``config.json``) and :func:`build_codec`.
 
 The only place that reads config objects for the models: modules themselves get plain typed
-fields. ``build_codec(config)`` is re-exported as ``hificodec_jax.build_codec``.
+fields. Both are re-exported as ``hificodec_jax.load_config`` / ``hificodec_jax.build_codec``.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 
+import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from hificodec_jax.models.codec import Codec
+from hificodec_jax import presets
+from hificodec_jax.models.codec import Codec, DecoderOnlyCodec
 from hificodec_jax.models.hifigan import HifiDecoder, HifiEncoder
 from hificodec_jax.models.quantizer import GroupResidualVQ
 
@@ -52,11 +57,14 @@ def _nested(v) -> bool:
     return isinstance(v, list | tuple) and bool(v) and isinstance(v[0], list | tuple)
 
 
-def build_codec(config: ml_collections.ConfigDict, *, weight_norm: bool = True) -> Codec:
+def build_codec(
+    config: ml_collections.ConfigDict, *, weight_norm: bool = True, has_encoder: bool = True
+) -> Codec:
     """The ``Codec`` module for a config's ``model`` section.
 
     ``weight_norm=False`` builds the inference form whose convs hold plain kernels: feed it
     variables passed through :func:`hificodec_jax.models.layers.fold_weight_norm`.
+    ``has_encoder=False`` builds a :class:`~hificodec_jax.models.codec.DecoderOnlyCodec`.
     """
     model = config.model if "model" in config else config
     enc_cls, dec_cls, enc_rates, dec_rates = _family(model.family)
@@ -72,7 +80,29 @@ def build_codec(config: ml_collections.ConfigDict, *, weight_norm: bool = True) 
     decoder = dec_cls(weight_norm=weight_norm, **dec_cfg)
     quantizer = GroupResidualVQ(dim=d, **_as_dict(model.quantizer))
     dtype = compute_dtype(config)
-    return Codec(encoder=encoder, quantizer=quantizer, decoder=decoder, hop=hop, dtype=dtype)
+    rate = config.audio.sample_rate if "audio" in config else None
+    codec = Codec(
+        encoder=encoder, quantizer=quantizer, decoder=decoder, hop=hop, dtype=dtype,
+        sample_rate=rate,
+    )  # fmt: skip
+    return codec if has_encoder else DecoderOnlyCodec.of(codec)
+
+
+def variable_shapes(
+    config: ml_collections.ConfigDict, *, weight_norm: bool = True, has_encoder: bool = True
+) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Flat ``"params/decoder/conv_pre/weight_v" -> (shape, dtype)`` of the variables the
+    config's codec expects (traced, not computed)."""
+    codec = build_codec(config, weight_norm=weight_norm)
+    dummy = jax.ShapeDtypeStruct((1, codec.hop), np.float32)
+    shapes = jax.eval_shape(codec.init, jax.random.key(0), dummy)
+    out = {
+        "/".join(str(p.key) for p in path): (tuple(s.shape), np.dtype(s.dtype))
+        for path, s in jax.tree_util.tree_flatten_with_path(shapes)[0]
+    }
+    if not has_encoder:
+        out = {p: v for p, v in out.items() if not p.startswith("params/encoder/")}
+    return out
 
 
 def build_discriminators(config: ml_collections.ConfigDict):
@@ -93,12 +123,49 @@ def bitrate(config: ml_collections.ConfigDict, num_levels: int | None = None) ->
     return build_codec(config).bitrate(config.audio.sample_rate, num_levels)
 
 
-def load_config(path: str) -> ml_collections.ConfigDict:
-    """``get_config(arg)`` of a config file, or a released model's config by name
-    (``"hificodec-16k-320d"``, see :mod:`hificodec_jax.presets`); either optionally suffixed
-    ``:arg`` (like absl)."""
-    from hificodec_jax import presets
+CONFIG_FILE = "config.json"  # a model directory's config (hificodec_jax.model_dir)
 
+
+def _tuples(x):
+    """JSON lists back to tuples (the modules' sequence fields, hashable config values)."""
+    if isinstance(x, dict):
+        return {k: _tuples(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return tuple(_tuples(v) for v in x)
+    return x
+
+
+def config_to_json(config) -> str:
+    """A config as the JSON text a model directory stores."""
+    if hasattr(config, "to_json_best_effort"):
+        return config.to_json_best_effort(indent=2, sort_keys=True)
+    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return json.dumps(d, indent=2, sort_keys=True, default=str)
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+    """Inverse of :func:`config_to_json`."""
+    return ml_collections.ConfigDict(_tuples(json.loads(text)))
+
+
+def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """The config of ``path``: ``get_config(arg)`` of a ``configs/*.py`` file, a released
+    model's config by name (``"hificodec-16k-320d"``, see :mod:`hificodec_jax.presets`), either
+    optionally suffixed ``:arg`` (like absl); or a stored ``config.json``, given as the file or
+    as the model directory that holds it."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, CONFIG_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{os.path.dirname(path)}: no {CONFIG_FILE} (not a model directory)"
+            )
+    if path.endswith(".json") and os.path.isfile(path):
+        with open(path) as f:
+            try:
+                return config_from_json(f.read())
+            except (UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as e:
+                raise ValueError(f"{path}: unreadable config ({e})") from e
     arg = None
     if ":" in os.path.basename(path):
         path, arg = path.rsplit(":", 1)

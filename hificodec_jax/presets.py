@@ -1,8 +1,10 @@
-"""The released HiFi-Codec models' architectures, shipped inside the package.
+"""The released HiFi-Codec models, by name: their architectures and where their weights are.
 
-``load_config("hificodec-16k-320d")`` and ``hificodec_jax.load("hificodec-16k-320d")`` read
-them from here, so they work from any directory and from an installed wheel; the training
-recipes in ``configs/`` (``configs/grvq4.py`` ...) build on the same definitions.
+The one table of released models. ``load_config("hificodec-16k-320d")`` reads the
+architecture from here, so it works from any directory and from an installed wheel;
+``hificodec_jax.load("hificodec-16k-320d")`` also fetches the weights named here
+(:mod:`hificodec_jax.hub`). The training recipes in ``configs/`` (``configs/grvq4.py`` ...)
+build on the same definitions.
 
 Values come from the reference's ``egs/HiFi-Codec-*/config_*.json`` ("ref").
 """
@@ -15,20 +17,28 @@ import ml_collections
 
 from hificodec_jax import config_defaults as d
 
+# The reference authors' ``torch.save`` files (MIT licence) on the Hugging Face Hub.
+HUB_REPO = "Dongchao/AcademiCodec"
+
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """One released architecture: rate, decoder rates/kernels and the reference's batch."""
+    """One released model: rate, decoder rates/kernels, the reference's batch, and its file in
+    the Hub repository ``repo_id`` (``revision``: a branch, tag or commit; None = main)."""
 
+    hub_file: str
     sample_rate: int
     upsample_rates: tuple[int, ...]
     upsample_kernel_sizes: tuple[int, ...]
     segment_size: int
     batch_size: int
     description: str
+    repo_id: str = HUB_REPO
+    revision: str | None = None
 
 
 _16K_320D = Preset(
+    hub_file="HiFi-Codec-16k-320d",
     sample_rate=16000,  # ref sampling_rate
     upsample_rates=(8, 5, 4, 2),  # ref, hop 320
     upsample_kernel_sizes=(16, 11, 8, 4),  # ref
@@ -40,8 +50,11 @@ _16K_320D = Preset(
 PRESETS: dict[str, Preset] = {
     "hificodec-16k-320d": _16K_320D,
     # Same architecture, trained by the reference's authors on a larger, more varied corpus.
-    "hificodec-16k-320d-large-universal": _16K_320D,
+    "hificodec-16k-320d-large-universal": dataclasses.replace(
+        _16K_320D, hub_file="HiFi-Codec-16k-320d-large-universal"
+    ),
     "hificodec-24k-240d": Preset(
+        hub_file="HiFi-Codec-24k-240d",
         sample_rate=24000,  # ref sampling_rate
         upsample_rates=(8, 5, 3, 2),  # ref, hop 240
         upsample_kernel_sizes=(16, 11, 7, 4),  # ref
@@ -50,6 +63,7 @@ PRESETS: dict[str, Preset] = {
         description="24 kHz, hop 240 (100 frames/s), 2 x 2 x 1024 codes = 4 kbps",
     ),
     "hificodec-24k-320d": Preset(
+        hub_file="HiFi-Codec-24k-320d",
         sample_rate=24000,  # ref sampling_rate
         upsample_rates=(8, 5, 4, 2),  # ref, hop 320
         upsample_kernel_sizes=(16, 11, 8, 4),  # ref

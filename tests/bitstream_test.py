@@ -1,4 +1,4 @@
-"""Tests for ``hificodec_jax.codec.bitstream`` (the ``.hfc`` file format)."""
+"""Tests for ``hificodec_jax.inference.bitstream`` (the ``.hfc`` file format)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import zlib
 import numpy as np
 import pytest
 
-from hificodec_jax.codec.bitstream import (
+from hificodec_jax.inference.bitstream import (
     CRC_SIZE,
     HEADER_SIZE,
     HEADER_SIZES,

@@ -15,20 +15,19 @@ import soundfile as sf
 from helpers import config, fast_init
 
 import hificodec_jax
-from hificodec_jax import cli
+from hificodec_jax import cli, loading
 from hificodec_jax.audio.audio_io import float_to_int16, resample
-from hificodec_jax.codec import files, model_io
-from hificodec_jax.codec.bitstream import CRC_SIZE, HEADER_SIZE, HEADER_SIZES, read_hfc
 from hificodec_jax.data.demo_audio import synthetic_speech
+from hificodec_jax.inference import files
+from hificodec_jax.inference.bitstream import CRC_SIZE, HEADER_SIZE, HEADER_SIZES, read_hfc
+from hificodec_jax.model_dir import save_model
 
 
 @functools.cache
 def _model_dir(tmp_root: str, seed: int = 0) -> str:
     cfg = config("tiny")
     codec = hificodec_jax.build_codec(cfg)
-    return model_io.save_model(
-        os.path.join(tmp_root, f"model{seed}"), cfg, fast_init(codec, 400, seed)
-    )
+    return save_model(os.path.join(tmp_root, f"model{seed}"), cfg, fast_init(codec, 400, seed))
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +50,7 @@ def test_encode_decode_files_equal_in_memory_codec(model_dir, tmp_path):
         cli.main(["encode", str(tmp_path / "a.wav"), "--model", model_dir, "--out", str(hfc)]) == 0
     )
     assert cli.main(["decode", str(hfc), "--model", model_dir, "--out", str(out)]) == 0
-    codec, variables = model_io.load(model_dir)
+    codec, variables = loading.load(model_dir)
     expected = np.asarray(codec.apply(variables, wav[None]).wav_hat[0])
     got, sr = sf.read(out, dtype="float32")
     assert sr == 16000 and got.shape == expected.shape == (16000,)
@@ -70,7 +69,7 @@ def test_exact_encoding_of_a_long_file_equals_whole_file_codes(model_dir, tmp_pa
     args = ["encode", str(tmp_path / "long.wav"), "--model", model_dir, "--out", str(hfc)]
     assert cli.main([*args, "--exact", "--no-progress"]) == 0
     codes, _ = read_hfc(hfc)
-    codec, variables = model_io.load(model_dir)
+    codec, variables = loading.load(model_dir)
     whole = np.asarray(codec.apply(variables, wav[None], method="encode")[0])
     assert codes.shape == whole.shape
     assert (codes == whole).all(-1).mean() >= 0.995  # only float-rounding near-ties may flip
@@ -188,7 +187,7 @@ def test_empty_inputs_are_an_error_and_create_nothing(model_dir, tmp_path, capsy
 
 
 def test_decode_restores_length_and_rate_as_16_bit_pcm(model_dir, tmp_path):
-    codec, variables = model_io.load(model_dir)
+    codec, variables = loading.load(model_dir)
     # 8 kHz, 0.3 s + 13 samples: not a whole number of frames at the model's rate either.
     wav = synthetic_speech(8000, 0.3)
     wav = np.concatenate([wav, wav[:13]])
@@ -346,7 +345,7 @@ def test_short_files_of_a_directory_are_encoded_in_one_batch(model_dir, tmp_path
     out = tmp_path / "codes"
     cli.main(["encode", *map(str, tmp_path.glob("*.wav")), "--model", model_dir, "--out", str(out)])
     assert calls == [("encode_batch", 3)]
-    codec, variables = model_io.load(model_dir)
+    codec, variables = loading.load(model_dir)
     for i, n in enumerate(lengths):
         codes, header = read_hfc(out / f"{i}.hfc")
         wav, _ = sf.read(tmp_path / f"{i}.wav", dtype="float32")

@@ -25,7 +25,7 @@ import scipy.signal
 from helpers import config, fast_init
 
 from hificodec_jax import build_codec
-from hificodec_jax.codec import evaluation
+from hificodec_jax.inference import evaluation
 
 SR = 16000
 SNRS = (40, 30, 20, 10)  # dB, white noise: more noise -> lower quality
@@ -97,7 +97,7 @@ def scores(speech) -> dict[str, dict[str, float]]:
 
 def test_identity_gives_metric_maxima(scores):
     s = scores["identity"]
-    assert s["mel_distance"] == 0.0 and s["mel_distance_norm"] == 0.0
+    assert s["log_mel_l1"] == 0.0 and s["log_mel_l1_norm"] == 0.0
     assert s["si_sdr"] > 250.0  # residual floored at 1e-30 of the signal: +300 dB
     _need("pesq_wb")
     assert s["pesq_wb"] == pytest.approx(4.644, abs=0.01)
@@ -110,7 +110,7 @@ def test_identity_gives_metric_maxima(scores):
 @pytest.mark.parametrize("metric", list(evaluation.METRICS))
 def test_degradations_lower_every_metric(scores, metric):
     _need(metric)
-    sign = -1.0 if metric.startswith("mel_distance") else 1.0  # distance: lower is better
+    sign = -1.0 if metric.startswith("log_mel_l1") else 1.0  # distance: lower is better
     q = {name: sign * s[metric] for name, s in scores.items()}
     assert q["lowpass4k"] < q["identity"]
     ladder = ["identity", *(f"snr{s}" for s in SNRS)]
@@ -139,12 +139,12 @@ def test_si_sdr_closed_form_and_scale_invariance(speech):
     assert math.isnan(evaluation.si_sdr(np.zeros(100), np.ones(100)))
 
 
-def test_mel_distance_gain_and_loudness_normalization(speech):
+def test_log_mel_l1_gain_and_loudness_normalization(speech):
     half = 0.5 * speech
-    assert evaluation.mel_distance(speech, half, SR, loudness_normalize=False) == pytest.approx(
+    assert evaluation.log_mel_l1(speech, half, SR, loudness_normalize=False) == pytest.approx(
         math.log(2.0), abs=0.01
     )
-    assert evaluation.mel_distance(speech, half, SR, loudness_normalize=True) < 1e-4
+    assert evaluation.log_mel_l1(speech, half, SR, loudness_normalize=True) < 1e-4
 
 
 def test_pesq_resamples_other_rates(speech):
@@ -216,7 +216,7 @@ def test_evaluate_writes_report(speech, tmp_path, fresh_optional):
     assert [r["name"] for r in result["files"]] == [str(a), str(b)]
     assert [r["seconds"] for r in result["files"]] == pytest.approx([0.6, 0.8], abs=1e-3)
     for r in result["files"]:
-        assert math.isnan(r["visqol_speech"]) and np.isfinite(r["mel_distance"])
+        assert math.isnan(r["visqol_speech"]) and np.isfinite(r["log_mel_l1"])
     cb = result["codebooks"]
     counts = np.asarray(cb["counts"])
     assert counts.shape == (streams, q.codebook_size)
@@ -231,7 +231,10 @@ def test_evaluate_writes_report(speech, tmp_path, fresh_optional):
     assert data["aggregate"]["visqol_speech"]["mean"] is None
     assert set(data["aggregate"]["si_sdr"]) == {"mean", "median", "count"}
     rows = list(csv.DictReader(csv_path.open()))
-    assert [r["name"] for r in rows] == [str(a), str(b), "mean", "median"]
+    assert [r["name"] for r in rows] == [str(a), str(b), "mean", "median", "total"]
+    durations = sorted(float(r["seconds"]) for r in rows[:2])
+    assert float(rows[3]["seconds"]) == pytest.approx(sum(durations) / 2, abs=1e-3)  # median
+    assert float(rows[4]["seconds"]) == pytest.approx(sum(durations), abs=1e-3)  # total
     assert set(rows[0]) == {"name", "seconds", *evaluation.METRICS}
     assert rows[0]["visqol_speech"] == ""
     assert float(rows[2]["si_sdr"]) == pytest.approx(data["aggregate"]["si_sdr"]["mean"])

@@ -1,6 +1,6 @@
 """Programs for other platforms and serving: the train step and the codec lowered for TPU and
 GPU use XLA's native grouped / strided convolutions (the CPU rewrites stay on CPU), and a
-model exported with ``hificodec_jax.codec.export`` round-trips through its serialized
+model exported with ``hificodec_jax.inference.export`` round-trips through its serialized
 StableHLO. Lowering only: nothing here compiles for another platform."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 from helpers import config, fast_init, noise
 
 import hificodec_jax
-from hificodec_jax import cli
-from hificodec_jax.codec import export, model_io
+from hificodec_jax import cli, model_dir
+from hificodec_jax.inference import export
 from hificodec_jax.training import sharding
 from hificodec_jax.training.compilation import batch_spec, build
 
@@ -126,7 +126,7 @@ def test_grvq4_encode_decode_lower(grvq4, platforms):
 def tiny_model(tmp_path_factory):
     variables = fast_init(hificodec_jax.build_codec(config("tiny")), 4000)
     path = tmp_path_factory.mktemp("models") / "tiny"
-    return model_io.save_model(path, config("tiny"), variables, source="unit test")
+    return model_dir.save_model(path, config("tiny"), variables, source="unit test")
 
 
 def test_exported_cpu_program_matches_the_python_model(tiny_model, tmp_path):

@@ -14,15 +14,16 @@ from helpers import fast_init, tiny_train_config
 
 import hificodec_jax
 from hificodec_jax import factory
-from hificodec_jax.codec.model_io import save_model
 from hificodec_jax.data import input_pipeline
 from hificodec_jax.data.sources import make_sources
+from hificodec_jax.model_dir import save_model
 from hificodec_jax.training import sharding
 from hificodec_jax.training.checkpoint import EVAL_METRIC
 from hificodec_jax.training.evaluate import evaluate, make_eval_step
-from hificodec_jax.training.finetune import _placed, generator_variables
+from hificodec_jax.training.finetune import generator_variables
 from hificodec_jax.training.loop import train_and_evaluate
 from hificodec_jax.training.metric_writer import MetricWriter
+from hificodec_jax.training.sharding import place_like
 
 
 def test_step_0_eval_is_the_models_own_and_training_runs_on_the_demo_corpus(tmp_path, caplog):
@@ -91,11 +92,11 @@ def test_codebooks_change_layout_between_quantizer_modes():
 
 def test_another_architecture_is_refused_naming_the_variable():
     like = {"decoder": {"w": jnp.zeros((3, 4))}}
-    with pytest.raises(ValueError, match=r"'m'.*\['decoder'\]\['w'\] has shape \(3, 5\)"):
-        _placed({"decoder": {"w": np.zeros((3, 5))}}, like, "m", "params")
-    with pytest.raises(ValueError, match=r"no params\['decoder'\]\['w'\]"):
-        _placed({"decoder": {}}, like, "m", "params")
-    with pytest.raises(ValueError, match=r"params\['x'\] is not in the config's generator"):
-        _placed({"decoder": {"w": np.zeros((3, 4))}, "x": np.zeros(1)}, like, "m", "params")
-    placed = _placed({"decoder": {"w": np.ones((3, 4))}}, like, "m", "params")
+    with pytest.raises(ValueError, match=r"'m' params: \['decoder'\]\['w'\] has shape \(3, 5\)"):
+        place_like({"decoder": {"w": np.zeros((3, 5))}}, like, "'m' params")
+    with pytest.raises(ValueError, match=r"params: no \['decoder'\]\['w'\]"):
+        place_like({"decoder": {}}, like, "'m' params")
+    with pytest.raises(ValueError, match=r"\['x'\] is not in the train state: fix it"):
+        place_like({"decoder": {"w": np.zeros((3, 4))}, "x": np.zeros(1)}, like, "m", hint="fix it")
+    placed = place_like({"decoder": {"w": np.ones((3, 4))}}, like, "'m' params")
     assert placed["decoder"]["w"].dtype == jnp.float32 and float(placed["decoder"]["w"].sum()) == 12

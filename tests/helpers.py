@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,9 @@ import numpy as np
 import hificodec_jax
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # configs/ as a package, from any working directory
+from configs.tiny import SMALL_STEP_OVERRIDES  # noqa: E402
+
 DATA = Path(__file__).resolve().parent / "data"
 
 
@@ -74,18 +78,8 @@ def fast_init(codec, num_samples: int, seed: int = 0):
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-# The train-step and training-loop tests spend most of their time compiling: they train the
-# tiny config cut to one resblock per stage and two MS-STFT scales (two sub-discriminators, so
-# the step still sequences them), about half the compile of the init and of the step. Also
-# passed as ``--config.`` overrides on the command line.
-TRAIN_TEST_OVERRIDES = {
-    "disc.families": ("stft",),
-    "disc.stft_n_ffts": (256, 128),
-    "model.encoder.resblock_kernel_sizes": (3,),
-    "model.encoder.resblock_dilations": ((1,),),
-    "model.decoder.resblock_kernel_sizes": (3,),
-    "model.decoder.resblock_dilations": ((1,),),
-}
+# The train-step and training-loop tests train the tiny config's small step.
+TRAIN_TEST_OVERRIDES = SMALL_STEP_OVERRIDES
 
 
 def tiny_step_config():

@@ -17,7 +17,7 @@ import pytest
 from helpers import REPO, config, fast_init, noise
 
 import hificodec_jax
-from hificodec_jax.codec import batching, inference
+from hificodec_jax.inference import batching, long_files
 
 RATE = 16000
 CHUNK, CONTEXT = 300, 40  # frames: 5 s of tiny-config audio (2000 frames) has 6 seams
@@ -57,7 +57,7 @@ def near_seams(num_frames: int, width: int) -> np.ndarray:
 def test_chunked_encode_global_norm_equals_whole_file():
     codec, variables = model()
     wav, whole, _ = audio()
-    codes = inference.chunked_encode(
+    codes = long_files.chunked_encode(
         codec, variables, wav, chunk_frames=CHUNK, overlap_frames=CONTEXT, global_norm=True
     )
     assert codes.shape == whole.shape == (len(wav) // codec.hop, 4)
@@ -72,7 +72,7 @@ def test_chunked_encode_window_norm_is_close_to_whole_file():
     codes flip at near-ties (many with random codebooks) but stay mostly equal and aligned."""
     codec, variables = model()
     wav, whole, _ = audio()
-    codes = inference.chunked_encode(
+    codes = long_files.chunked_encode(
         codec, variables, wav, chunk_frames=CHUNK, overlap_frames=CONTEXT
     )
     assert codes.shape == whole.shape
@@ -83,7 +83,7 @@ def test_chunked_encode_window_norm_is_close_to_whole_file():
 def test_chunked_decode_equals_whole_file_and_has_no_clicks():
     codec, variables = model()
     _, codes, whole = audio()
-    wav = inference.chunked_decode(
+    wav = long_files.chunked_decode(
         codec, variables, codes, chunk_frames=CHUNK, overlap_frames=CONTEXT
     )
     assert wav.shape == whole.shape == (codes.shape[0] * codec.hop,)
@@ -107,7 +107,7 @@ def test_one_compile_per_window_size_whatever_the_file_length(caplog):
     codec, variables = model()
     wav, codes, _ = audio()
     caplog.set_level(logging.WARNING)
-    for fn, data in ((inference.chunked_encode, wav), (inference.chunked_decode, codes)):
+    for fn, data in ((long_files.chunked_encode, wav), (long_files.chunked_decode, codes)):
         name = fn.__name__.split("_")[1] + "_window"
         with jax.log_compiles():
             fn(codec, variables, data[: len(data) // 2], chunk_frames=CHUNK, overlap_frames=CONTEXT)
@@ -117,7 +117,7 @@ def test_one_compile_per_window_size_whatever_the_file_length(caplog):
         assert _traces(caplog, name) == before, name
     decoded = _traces(caplog, "decode_window")
     with jax.log_compiles():  # a new window size does trace (the count can fail)
-        inference.chunked_decode(codec, variables, codes, chunk_frames=CHUNK + 4)
+        long_files.chunked_decode(codec, variables, codes, chunk_frames=CHUNK + 4)
     assert _traces(caplog, "decode_window") == decoded + 1
 
 
@@ -127,11 +127,11 @@ def test_short_files_are_exact():
     wav, _, _ = audio()
     short = wav[: 123 * codec.hop + 29]
     whole = np.asarray(jitted("encode")(variables, short))
-    codes = inference.chunked_encode(
+    codes = long_files.chunked_encode(
         codec, variables, short, chunk_frames=CHUNK, overlap_frames=CONTEXT, progress=True
     )
     np.testing.assert_array_equal(codes, whole)
-    decoded = inference.chunked_decode(
+    decoded = long_files.chunked_decode(
         codec, variables, codes, chunk_frames=CHUNK, overlap_frames=CONTEXT
     )
     np.testing.assert_allclose(decoded, np.asarray(jitted("decode")(variables, codes)), atol=1e-5)
@@ -147,7 +147,7 @@ def test_decoder_receptive_field_bounds_the_influence_of_a_frame():
     diff = np.abs(np.asarray(jitted("decode")(variables, changed)) - whole)
     frames = np.nonzero(diff.reshape(-1, codec.hop).max(-1) > 0)[0]
     assert frames.size and frames.min() >= k - rf and frames.max() <= k + rf
-    chunk, context = inference.default_chunking(codec, "decode", RATE)
+    chunk, context = long_files.default_chunking(codec, "decode", RATE)
     assert chunk == 10 * RATE // codec.hop and context >= max(rf, RATE // codec.hop)
 
 
@@ -155,19 +155,19 @@ def test_bad_arguments():
     codec, variables = model()
     wav, codes, _ = audio()
     with pytest.raises(ValueError, match="1-D"):
-        inference.chunked_encode(codec, variables, wav[None])
+        long_files.chunked_encode(codec, variables, wav[None])
     with pytest.raises(ValueError, match="shorter than one hop"):
-        inference.chunked_encode(codec, variables, wav[:10])
+        long_files.chunked_encode(codec, variables, wav[:10])
     with pytest.raises(ValueError, match="chunk_frames"):
-        inference.chunked_encode(codec, variables, wav, chunk_frames=0)
+        long_files.chunked_encode(codec, variables, wav, chunk_frames=0)
     with pytest.raises(ValueError, match="codebook|must be in"):
-        inference.chunked_decode(codec, variables, codes + 64)
+        long_files.chunked_decode(codec, variables, codes + 64)
     with pytest.raises(ValueError, match="num_levels"):
         batching.encode_batch(codec, variables, [wav], num_levels=3)
     holed = wav.copy()
     holed[5000] = np.nan  # found before any window is encoded, wherever it lies
     with pytest.raises(ValueError, match=r"wav contains NaN .*\(1, the first at index 5000\)"):
-        inference.chunked_encode(codec, variables, holed)
+        long_files.chunked_encode(codec, variables, holed)
     with pytest.raises(ValueError, match=r"wavs\[1\] contains NaN .*index 5000"):
         batching.encode_batch(codec, variables, [wav, holed])
 
@@ -204,7 +204,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     import jax
     from helpers import config, fast_init, noise
     import hificodec_jax
-    from hificodec_jax.codec.inference import chunked_encode
+    from hificodec_jax.inference.long_files import chunked_encode
 
     def status(key):
         for line in open("/proc/self/status"):

@@ -16,9 +16,11 @@ from helpers import config, fast_init, noise
 from pth_writer import write_pth
 
 import hificodec_jax
-from hificodec_jax.codec import convert, model_io
-from hificodec_jax.codec.convert import CheckpointMismatchError, flax_to_torch
-from hificodec_jax.codec.pth_reader import CheckpointFormatError
+from hificodec_jax import loading, model_dir
+from hificodec_jax.models.codec import MissingEncoderError
+from hificodec_jax.reference import convert
+from hificodec_jax.reference.convert import CheckpointMismatchError, flax_to_torch
+from hificodec_jax.reference.pth import CheckpointFormatError
 
 V1_MODEL = Path(__file__).resolve().parent / "data" / "model_v1_tiny"
 
@@ -57,7 +59,7 @@ def assert_same_outputs(codec, variables):
 def saved(tmp_path_factory):
     _, variables, _ = source()
     path = tmp_path_factory.mktemp("models") / "tiny"
-    return model_io.save_model(path, config("tiny"), variables, source="unit test")
+    return model_dir.save_model(path, config("tiny"), variables, source="unit test")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,7 +68,7 @@ def saved(tmp_path_factory):
 
 def test_save_load_round_trip_is_bitwise(saved):
     _, variables, _ = source()
-    codec, loaded = model_io.load(saved, inference=False)
+    codec, loaded = loading.load(saved, inference=False)
     assert jax.tree.structure(loaded) == jax.tree.structure(variables)
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(variables), strict=True):
         a = np.asarray(a)
@@ -74,28 +76,28 @@ def test_save_load_round_trip_is_bitwise(saved):
         assert a.tobytes() == b.tobytes()
     assert codec == source()[0]
     meta = json.loads((Path(saved) / "model.json").read_text())
-    assert meta["format_version"] == model_io.FORMAT_VERSION
+    assert meta["format_version"] == model_dir.FORMAT_VERSION
     assert meta["has_encoder"] is True and meta["source"] == "unit test"
     assert meta["hificodec_jax_version"] == hificodec_jax.__version__
 
 
 def test_model_id_is_stable(saved, tmp_path):
     _, variables, _ = source()
-    ident = model_io.model_id(saved)
+    ident = model_dir.model_id(saved)
     assert isinstance(ident, bytes) and len(ident) == 16
-    assert model_io.model_id(variables) == ident
-    assert model_io.model_id(model_io.load(saved, inference=False)[1]) == ident
-    again = model_io.save_model(tmp_path / "again", config("tiny"), variables)
-    assert model_io.model_id(again) == ident
+    assert model_dir.model_id(variables) == ident
+    assert model_dir.model_id(loading.load(saved, inference=False)[1]) == ident
+    again = model_dir.save_model(tmp_path / "again", config("tiny"), variables)
+    assert model_dir.model_id(again) == ident
     changed = jax.tree.map(lambda x: x, variables)
     changed["params"]["decoder"]["conv_post"]["bias"] = changed["params"]["decoder"]["conv_post"][
         "bias"
     ] + np.float32(1e-6)
-    assert model_io.model_id(changed) != ident
+    assert model_dir.model_id(changed) != ident
 
 
 def test_config_round_trips(saved):
-    cfg = model_io.load_config_of(saved)
+    cfg = hificodec_jax.load_config(saved)
     original = config("tiny")
     assert cfg.to_dict() == original.to_dict()
     assert isinstance(cfg.model.decoder.resblock_dilations[0], tuple)
@@ -113,7 +115,7 @@ def test_a_bf16_trained_model_loads_in_float32_unless_asked(tmp_path):
     _, variables, _ = source()
     cfg = config("tiny")
     cfg.precision = "bfloat16"
-    path = model_io.save_model(tmp_path / "bf16", cfg, variables, source="unit test")
+    path = model_dir.save_model(tmp_path / "bf16", cfg, variables, source="unit test")
     codec, variables = hificodec_jax.load(path)
     assert codec.dtype == jnp.float32
     assert_same_outputs(codec, variables)  # bit-equal codes to the float32 model
@@ -124,7 +126,7 @@ def test_a_bf16_trained_model_loads_in_float32_unless_asked(tmp_path):
 def test_save_refuses_to_overwrite_and_cleans_up_after_a_crash(saved, tmp_path, monkeypatch):
     _, variables, _ = source()
     with pytest.raises(FileExistsError):
-        model_io.save_model(saved, config("tiny"), variables)
+        model_dir.save_model(saved, config("tiny"), variables)
     import safetensors.numpy
 
     def crash(*args, **kwargs):
@@ -132,13 +134,13 @@ def test_save_refuses_to_overwrite_and_cleans_up_after_a_crash(saved, tmp_path, 
 
     monkeypatch.setattr(safetensors.numpy, "save_file", crash)
     with pytest.raises(RuntimeError, match="disk full"):
-        model_io.save_model(tmp_path / "m", config("tiny"), variables)
+        model_dir.save_model(tmp_path / "m", config("tiny"), variables)
     assert os.listdir(tmp_path) == []  # neither the model nor a temp dir
     with pytest.raises(
         RuntimeError, match="disk full"
     ):  # the old model survives a failed overwrite
-        model_io.save_model(saved, config("tiny"), variables, overwrite=True)
-    assert model_io.model_id(saved) == model_io.model_id(variables)
+        model_dir.save_model(saved, config("tiny"), variables, overwrite=True)
+    assert model_dir.model_id(saved) == model_dir.model_id(variables)
 
 
 def test_save_checks_variables_against_the_config(tmp_path):
@@ -146,11 +148,11 @@ def test_save_checks_variables_against_the_config(tmp_path):
     bad = jax.tree.map(lambda x: x, variables)
     bad["params"]["decoder"]["conv_post"]["bias"] = np.full((1,), np.nan, np.float32)
     with pytest.raises(ValueError, match="NaN"):
-        model_io.save_model(tmp_path / "nan", config("tiny"), bad)
+        model_dir.save_model(tmp_path / "nan", config("tiny"), bad)
     other = config("tiny")
     other.model.latent_dim = 16
     with pytest.raises(ValueError, match="shape"):
-        model_io.save_model(tmp_path / "mismatch", other, variables)
+        model_dir.save_model(tmp_path / "mismatch", other, variables)
     assert not (tmp_path / "nan").exists() and not (tmp_path / "mismatch").exists()
 
 
@@ -174,12 +176,12 @@ def test_truncated_checkpoint_raises_model_load_error(saved, tmp_path, version):
     assert largest.name == "model.safetensors" or version == 1
     data = largest.read_bytes()
     largest.write_bytes(data[: len(data) // 2])
-    with pytest.raises(model_io.ModelLoadError, match="truncated") as info:
-        model_io.load(copy)
+    with pytest.raises(model_dir.ModelLoadError, match="truncated") as info:
+        loading.load(copy)
     assert str(copy) in str(info.value) and largest.name in str(info.value)
     largest.unlink()
-    with pytest.raises(model_io.ModelLoadError, match="missing"):
-        model_io.load(copy)
+    with pytest.raises(model_dir.ModelLoadError, match="missing"):
+        loading.load(copy)
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -189,8 +191,8 @@ def test_corrupt_checkpoint_raises_model_load_error(saved, tmp_path, version):
     copy = _copy_model(saved if version == 2 else V1_MODEL, tmp_path)
     largest = _largest_checkpoint_file(copy)
     largest.write_bytes(b"\0" * largest.stat().st_size)
-    with pytest.raises(model_io.ModelLoadError, match="corrupt") as info:
-        model_io.load(copy)
+    with pytest.raises(model_dir.ModelLoadError, match="corrupt") as info:
+        loading.load(copy)
     assert str(copy / ("model.safetensors" if version == 2 else "variables")) in str(info.value)
     time.sleep(0.5)  # orbax's failed reads finish on its threads: keep their noise in this test
 
@@ -208,8 +210,8 @@ def test_changed_weights_fail_the_id_check(saved, tmp_path):
     size = path.stat().st_size
     safetensors.numpy.save_file(weights, path, metadata=metadata)
     assert path.stat().st_size == size  # passes the size check, fails the id check
-    with pytest.raises(model_io.ModelLoadError, match="do not match the model id"):
-        model_io.load(copy)
+    with pytest.raises(model_dir.ModelLoadError, match="do not match the model id"):
+        loading.load(copy)
 
 
 def test_a_version_1_directory_still_loads():
@@ -217,8 +219,8 @@ def test_a_version_1_directory_still_loads():
     ``source()``'s variables."""
     _, variables, _ = source()
     assert json.loads((V1_MODEL / "model.json").read_text())["format_version"] == 1
-    assert model_io.model_id(V1_MODEL) == model_io.model_id(variables)
-    codec, loaded = model_io.load(V1_MODEL, inference=False)
+    assert model_dir.model_id(V1_MODEL) == model_dir.model_id(variables)
+    codec, loaded = loading.load(V1_MODEL, inference=False)
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(variables), strict=True):
         assert np.asarray(a).tobytes() == b.tobytes()
     assert_same_outputs(*hificodec_jax.load(V1_MODEL))
@@ -237,27 +239,27 @@ def test_safetensors_file_is_portable(saved):
     )
     assert len(weights) == len(jax.tree.leaves(variables))
     with safetensors.safe_open(Path(saved) / "model.safetensors", "np") as f:
-        assert f.metadata() == {"format": "flax", "model_id": model_io.model_id(saved).hex()}
+        assert f.metadata() == {"format": "flax", "model_id": model_dir.model_id(saved).hex()}
     assert sorted(os.listdir(saved)) == ["config.json", "model.json", "model.safetensors"]
 
 
 def test_missing_and_foreign_directories(saved, tmp_path):
-    with pytest.raises(model_io.ModelNotFoundError, match="no model directory"):
-        model_io.load(tmp_path / "nowhere")
+    with pytest.raises(model_dir.ModelNotFoundError, match="no model directory"):
+        loading.load(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError):  # also a FileNotFoundError (and a ValueError)
         hificodec_jax.load(tmp_path / "nowhere")
     copy = _copy_model(saved, tmp_path)
     meta = json.loads((copy / "model.json").read_text())
     (copy / "model.json").write_text(json.dumps({**meta, "format_version": 99}))
-    with pytest.raises(model_io.ModelLoadError, match="unknown model format version 99"):
-        model_io.load(copy)
+    with pytest.raises(model_dir.ModelLoadError, match="unknown model format version 99"):
+        loading.load(copy)
     (copy / "model.json").unlink()
-    with pytest.raises(model_io.ModelNotFoundError, match="model.json"):
-        model_io.load(copy)
+    with pytest.raises(model_dir.ModelNotFoundError, match="model.json"):
+        loading.load(copy)
     copy2 = _copy_model(saved, tmp_path, "copy2")
     (copy2 / "config.json").unlink()
-    with pytest.raises(model_io.ModelNotFoundError, match="config.json"):
-        model_io.load(copy2)
+    with pytest.raises(model_dir.ModelNotFoundError, match="config.json"):
+        loading.load(copy2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,7 +285,7 @@ def test_convert_checkpoint_round_trip(pth, tmp_path):
     assert meta["has_encoder"] is True and meta["source"].startswith("g_00001000.pth sha256:")
     codec, variables = hificodec_jax.load(out)
     assert_same_outputs(codec, variables)
-    _, wn = model_io.load(out, inference=False)  # the weights themselves are exact
+    _, wn = loading.load(out, inference=False)  # the weights themselves are exact
     for key in ("encoder", "decoder"):
         for a, b in zip(
             jax.tree.leaves(wn["params"][key]),
@@ -306,7 +308,7 @@ def test_decoder_only_checkpoint_decodes_but_cannot_encode(tmp_path):
     decoded = jitted(codec, "decode")(variables, codes)
     np.testing.assert_allclose(np.asarray(decoded), np.asarray(expected), atol=1e-5)
     for method in ("encode", "encode_latent", None):
-        with pytest.raises(model_io.MissingEncoderError, match="has no encoder"):
+        with pytest.raises(MissingEncoderError, match="has no encoder"):
             codec.apply(variables, wav, method=method)
 
 

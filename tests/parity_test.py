@@ -15,7 +15,7 @@ import pytest
 from helpers import DATA, config, make_weights_module
 
 import hificodec_jax
-from hificodec_jax.codec.convert import flax_to_torch, torch_to_flax
+from hificodec_jax.reference.convert import flax_to_torch, torch_to_flax
 
 CASES = {"16k_320d": "grvq4", "24k_240d": "grvq4_24k_240d"}
 

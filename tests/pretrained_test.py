@@ -5,7 +5,7 @@ written without torch) at the Hub's URL layout ``/{repo}/resolve/{revision}/{fil
 headers ``hf_hub_download`` reads (``X-Repo-Commit``, ``ETag``, ``Content-Length``). The
 library runs in subprocesses because ``huggingface_hub`` reads ``HF_ENDPOINT``, ``HF_HOME``
 and ``HF_HUB_OFFLINE`` once, at import: each subprocess registers the test models
-(``pretrained.register``) and runs a list of calls, printing one JSON result per call.
+(entries of ``presets.PRESETS`` pointing at the local Hub, with the tiny config) and runs a list of calls, printing one JSON result per call.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from helpers import REPO, config, fast_init
 from pth_writer import write_pth
 
 import hificodec_jax
-from hificodec_jax.codec import convert, model_io, pretrained
+from hificodec_jax import model_dir, presets
+from hificodec_jax.reference import convert
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 HUB_REPO = "test-org/tiny-codec"
@@ -39,14 +40,23 @@ MODELS = {
 }
 
 DRIVER = r"""
-import contextlib, io, json, sys
+import contextlib, dataclasses, io, json, sys
 import hificodec_jax
 from hificodec_jax import cli
-from hificodec_jax.codec import convert, model_io, pretrained
+from hificodec_jax import hub, loading, model_dir, presets
+from hificodec_jax.reference import convert
 
 spec = json.loads(sys.argv[1])
+configs = {}
 for name, (filename, config) in spec["models"].items():
-    pretrained.register(name, pretrained.HubModel(spec["repo"], filename, config))
+    presets.PRESETS[name] = dataclasses.replace(
+        presets.PRESETS["hificodec-16k-320d"], repo_id=spec["repo"], hub_file=filename
+    )
+    configs[name] = config
+real_get_config = presets.get_config
+presets.get_config = lambda name, arg=None: (
+    hificodec_jax.load_config(configs[name]) if name in configs else real_get_config(name, arg)
+)
 conversions = []
 real_convert = convert.convert_checkpoint
 convert.convert_checkpoint = lambda *a, **k: conversions.append(a[0]) or real_convert(*a, **k)
@@ -54,7 +64,7 @@ for action, name, revision in spec["actions"]:
     try:
         if action == "load":
             codec, variables = hificodec_jax.load(name, inference=False, revision=revision)
-            result = {"model_id": model_io.model_id(variables).hex(), "hop": codec.hop}
+            result = {"model_id": model_dir.model_id(variables).hex(), "hop": codec.hop}
         else:
             out = io.StringIO()
             with contextlib.redirect_stdout(out):
@@ -186,7 +196,7 @@ def expected_id(checkpoints, tmp_path_factory) -> str:
     out = convert.convert_checkpoint(
         checkpoints["g_tiny"], TINY, tmp_path_factory.mktemp("d") / "m"
     )
-    return model_io.model_id(out).hex()
+    return model_dir.model_id(out).hex()
 
 
 @pytest.fixture(scope="module")
@@ -281,22 +291,18 @@ def test_offline_uses_the_cache_and_says_what_to_do_without_it(online, hub, expe
 
 
 def test_released_models_table():
-    assert pretrained.MODELS == {
-        "hificodec-16k-320d": pretrained.HubModel(
-            "Dongchao/AcademiCodec", "HiFi-Codec-16k-320d", "hificodec-16k-320d"
-        ),
-        "hificodec-16k-320d-large-universal": pretrained.HubModel(
+    hub_files = {name: (p.repo_id, p.hub_file, p.revision) for name, p in presets.PRESETS.items()}
+    assert hub_files == {
+        "hificodec-16k-320d": ("Dongchao/AcademiCodec", "HiFi-Codec-16k-320d", None),
+        "hificodec-16k-320d-large-universal": (
             "Dongchao/AcademiCodec",
             "HiFi-Codec-16k-320d-large-universal",
-            "hificodec-16k-320d-large-universal",
+            None,
         ),
-        "hificodec-24k-240d": pretrained.HubModel(
-            "Dongchao/AcademiCodec", "HiFi-Codec-24k-240d", "hificodec-24k-240d"
-        ),
-        "hificodec-24k-320d": pretrained.HubModel(
-            "Dongchao/AcademiCodec", "HiFi-Codec-24k-320d", "hificodec-24k-320d"
-        ),
+        "hificodec-24k-240d": ("Dongchao/AcademiCodec", "HiFi-Codec-24k-240d", None),
+        "hificodec-24k-320d": ("Dongchao/AcademiCodec", "HiFi-Codec-24k-320d", None),
     }
+    assert hificodec_jax.model_names() == sorted(hub_files)
     # sample rate, hop, bit/s of each released model (reference configs)
     expected = {
         "hificodec-16k-320d": (16000, 320, 2000.0),
@@ -323,7 +329,7 @@ def test_presets_load_from_any_directory_and_match_the_recipes(tmp_path, monkeyp
 
 
 def test_unknown_name_or_missing_directory_is_one_clear_error(tmp_path):
-    with pytest.raises(model_io.ModelNotFoundError) as info:
+    with pytest.raises(model_dir.ModelNotFoundError) as info:
         hificodec_jax.load("hificodec-16k-32d")
     assert str(info.value) == (
         "no model directory 'hificodec-16k-32d', and no released model of that name (one of "
@@ -331,4 +337,4 @@ def test_unknown_name_or_missing_directory_is_one_clear_error(tmp_path):
         "hificodec-24k-320d)"
     )
     with pytest.raises(ValueError, match="unknown model name 'x'; one of hificodec-16k-320d"):
-        pretrained.download("x")
+        hub.download("x")

@@ -1,4 +1,4 @@
-"""Tests for hificodec_jax.codec.pth_reader: the torch-free, safe PyTorch checkpoint reader.
+"""Tests for hificodec_jax.reference.pth: the torch-free, safe PyTorch checkpoint reader.
 
 Fixtures in tests/data/torch_pth/ were written by torch.save (see the README that came with
 them): the same object in zip and legacy format, its expected contents (expected.npz), and a
@@ -15,7 +15,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from hificodec_jax.codec.pth_reader import CheckpointFormatError, UnsafeCheckpointError, load_pth
+from hificodec_jax.reference.pth import CheckpointFormatError, UnsafeCheckpointError, load_pth
 
 DATA = Path(__file__).parent / "data" / "torch_pth"
 GOOD = ["small_zip.pth", "small_legacy.pth"]

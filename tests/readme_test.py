@@ -14,7 +14,7 @@ import sys
 from helpers import REPO, config, fast_init, xla_flags
 
 import hificodec_jax
-from hificodec_jax.codec import model_io
+from hificodec_jax import model_dir
 
 RELEASED = 'hificodec_jax.load("hificodec-16k-320d")'
 
@@ -31,7 +31,7 @@ def test_readme_snippet_runs_from_any_directory(tmp_path):
     cfg = config("tiny")
     assert cfg.audio.sample_rate == 16000  # the snippet's `sr`
     codec = hificodec_jax.build_codec(cfg)
-    model = model_io.save_model(tmp_path / "tiny", cfg, fast_init(codec, 4000), source="test")
+    model = model_dir.save_model(tmp_path / "tiny", cfg, fast_init(codec, 4000), source="test")
     script = snippet.replace(RELEASED, f"hificodec_jax.load({str(model)!r})")
     script += "\nprint('shapes', codes.shape, wav_hat.shape, coarse.shape)\n"
     work = tmp_path / "elsewhere"

@@ -1,5 +1,5 @@
 """Reference checkpoint pairs end to end: continuing a reference run in ``main``
-(``config.resume_reference``) and ``benchmarks/reference_step.py``'s command line.
+(``config.resume_reference``) and ``benchmarks/parity.py``'s command line.
 
 A tiny academicodec-recipe model's weights, spectral-norm vectors and Adam states are written
 as torch zip checkpoints in the reference's ``g_`` / ``do_`` layout and read back by the safe
@@ -24,8 +24,8 @@ from training_parity_test import with_optimizers
 
 import hificodec_jax
 from hificodec_jax import factory
-from hificodec_jax.codec.convert import flax_to_torch
-from hificodec_jax.training import reference_import, reference_resume, reference_step
+from hificodec_jax.reference import parity, resume, training_import
+from hificodec_jax.reference.convert import flax_to_torch
 from hificodec_jax.training.loop import train_and_evaluate
 
 
@@ -99,7 +99,7 @@ def _tiny_pair(cfg, *, steps: int, step: int):
     g_vars = _filled(jax.eval_shape(codec.init, jax.random.key(0), wav), 1)
     d_vars = _filled(jax.eval_shape(discs.init, jax.random.key(0), wav), 2)
     g = flax_to_torch(g_vars, codec)
-    d = reference_import.discriminators_to_torch(d_vars["params"], d_vars["spectral"])
+    d = training_import.discriminators_to_torch(d_vars["params"], d_vars["spectral"])
     do = with_optimizers(g, d, _moments if step else None, step=step, steps=steps)
     return g, do, g_vars, d_vars
 
@@ -136,14 +136,14 @@ def test_main_resumes_a_reference_run(tmp_path):
 
 def test_resume_reference_argument_errors(tmp_path):
     with pytest.raises(ValueError, match="G_PTH,DO_PTH"):
-        reference_resume.reference_paths("only_one.pth")
+        resume.reference_paths("only_one.pth")
     (tmp_path / "g.pth").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="missing_do.pth"):
-        reference_resume.reference_paths(f"{tmp_path / 'g.pth'},{tmp_path / 'missing_do.pth'}")
+        resume.reference_paths(f"{tmp_path / 'g.pth'},{tmp_path / 'missing_do.pth'}")
 
 
 def test_reference_step_command_line(tmp_path):
-    """``benchmarks/reference_step.py G_PTH DO_PTH AUDIO_NPY --config ...`` on real ``.pth``
+    """``benchmarks/parity.py G_PTH DO_PTH AUDIO_NPY --config ...`` on real ``.pth``
     files (a tiny academicodec model) prints one JSON line with the fixture's scalar names;
     its terms add up as the objective does."""
     cfg = hificodec_jax.load_config(f"{TINY}:academicodec")
@@ -153,12 +153,12 @@ def test_reference_step_command_line(tmp_path):
     np.save(tmp_path / "audio.npy", noise((2, 4000), seed=3))
     argv = [str(tmp_path / n) for n in ("g.pth", "do.pth", "audio.npy")]
     out = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "reference_step.py"), *argv,
+        [sys.executable, str(REPO / "benchmarks" / "parity.py"), *argv,
          "--config", f"{TINY}:academicodec"],
         capture_output=True, text=True, check=True, cwd=tmp_path,
     )  # fmt: skip
     line = json.loads(out.stdout.strip().splitlines()[-1])
-    assert tuple(line) == reference_step.SCALAR_NAMES
+    assert tuple(line) == parity.SCALAR_NAMES
     assert all(math.isfinite(v) for v in line.values())
     for p in ("init", "step"):
         d = sum(line[f"{p}/d_{f}"] for f in ("mpd", "msd", "stft"))

@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from hificodec_jax.data.sources import expand_audio_paths, steps_per_epoch
+from hificodec_jax.audio.audio_io import expand_audio_paths
+from hificodec_jax.data.sources import steps_per_epoch
 
 
 def audio_files(paths, **kwargs):

@@ -1,5 +1,5 @@
 """The train step users run (``compilation.build``'s jitted ``make_train_step``) computes the
-same step as the training-parity probe (``reference_step.make_reference_probe``), which
+same step as the training-parity probe (``parity.make_reference_probe``), which
 ``training_parity_test`` proves equal to the PyTorch reference's: one step of the tiny config's
 ``academicodec`` recipe (all three discriminator families) from one state and batch, every loss
 term and gradient norm the step reports and its updated parameters against the probe's ``step/``
@@ -15,7 +15,8 @@ from reference_resume_test import _filled
 
 import hificodec_jax
 from hificodec_jax import factory
-from hificodec_jax.training import optim, reference_step, sharding
+from hificodec_jax.reference import parity
+from hificodec_jax.training import optim, sharding
 from hificodec_jax.training.compilation import build
 from hificodec_jax.training.step import TrainState
 
@@ -83,7 +84,7 @@ def test_train_step_is_the_probe_step():
     state = jax.tree.map(np.asarray, state)  # host copy: the step donates its input
     wav = noise((2, cfg.data.segment_size), seed=3)
 
-    probe = jax.jit(reference_step.make_reference_probe(codec, discs, tx_d, cfg))
+    probe = jax.jit(parity.make_reference_probe(codec, discs, tx_d, cfg))
     terms = jax.tree.map(np.asarray, probe(state, wav))
     batch = {"wav": wav, "lengths": np.full((2,), wav.shape[1], np.int32)}
     shardings = jax.tree.map(lambda s: s.sharding, abstract)
@@ -113,7 +114,7 @@ def test_train_step_is_the_probe_step():
     for name in ("grad_encoder", "grad_generator"):
         g = terms[f"step/{name}"]
         updates, _ = tx_g.update({"x": g}, tx_g.init({"x": g}))
-        want = reference_step._probe(g_params, name) + updates["x"]
-        got = reference_step._probe(new.g_params, name)
+        want = parity._probe(g_params, name) + updates["x"]
+        got = parity._probe(new.g_params, name)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-3 * cfg.optim.g.learning_rate)
     assert int(new.step) == 1

@@ -5,7 +5,7 @@ step of the reference's training loop on numpy-recipe weights: every D- and G-ph
 the mean logits, the gradient norms per module and probe gradients, at the initial weights
 (``init/``) and in the loop's order (``step/``: D phase, D's Adam step, G phase). The weights
 are written in the reference's ``g_`` / ``do_`` state-dict layout and go through the same
-importer (and the same command, ``benchmarks/reference_step.py``) a real checkpoint pair does.
+importer (and the same command, ``benchmarks/parity.py``) a real checkpoint pair does.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import numpy as np
 import pytest
 
 from hificodec_jax import factory
-from hificodec_jax.codec.convert import CheckpointMismatchError, torch_to_flax
 from hificodec_jax.models.discriminators import sub_discriminators
-from hificodec_jax.training import optim, reference_import, reference_step
+from hificodec_jax.reference import parity, training_import
+from hificodec_jax.reference.convert import CheckpointMismatchError, torch_to_flax
+from hificodec_jax.training import optim
 from hificodec_jax.training import step as train_step
 
 DATA = Path(__file__).parent / "data" / "academicodec"
@@ -52,7 +53,7 @@ def torch_adam(state_dicts: dict[str, dict], moments=None, step: int = 0) -> dic
 
     Fresh (no per-parameter state) unless ``moments(key, value) -> (exp_avg, exp_avg_sq)``.
     """
-    keys = [(s, k) for s, sd in state_dicts.items() for k in reference_import.parameter_keys(sd)]
+    keys = [(s, k) for s, sd in state_dicts.items() for k in training_import.parameter_keys(sd)]
     state = {}
     if moments is not None:
         for i, (s, k) in enumerate(keys):
@@ -66,8 +67,8 @@ def with_optimizers(g: dict, do: dict, moments=None, step: int = 0, steps: int =
     """``do`` with torch Adam states over ``g``'s and ``do``'s parameters and ``steps``."""
     return {
         **do,
-        "optim_g": torch_adam({m: g[m] for m in reference_import.G_OPTIM_ORDER}, moments, step),
-        "optim_d": torch_adam({m: do[m] for m in reference_import.D_OPTIM_ORDER}, moments, step),
+        "optim_g": torch_adam({m: g[m] for m in training_import.G_OPTIM_ORDER}, moments, step),
+        "optim_d": torch_adam({m: do[m] for m in training_import.D_OPTIM_ORDER}, moments, step),
         "steps": steps,
         "epoch": 3,
     }
@@ -88,7 +89,7 @@ def pair():
 
 @pytest.fixture(scope="module")
 def run(pair, tmp_path_factory):
-    """Every term, from ``benchmarks/reference_step.py`` on the fixture's pair and batch (the
+    """Every term, from ``benchmarks/parity.py`` on the fixture's pair and batch (the
     ``.pth`` reader is given the state dicts: the layout is what this test is about)."""
     g, do = pair
     tmp = tmp_path_factory.mktemp("reference_step")
@@ -134,7 +135,7 @@ def test_terms_match_the_reference(run, prefix):
     """Every scalar, mean logit and probe gradient within the fixture README's tolerances."""
     terms, _ = run
     ref = _cases()
-    scalars = [k for k in reference_step.SCALAR_NAMES if k.startswith(prefix)]
+    scalars = [k for k in parity.SCALAR_NAMES if k.startswith(prefix)]
     for k in scalars + [k for k in ref if k.startswith(f"{prefix}/logits_")]:
         name = k.split("/", 1)[1]
         rtol = GNORM_RTOL if name.startswith("gnorm") else LOSS_RTOL
@@ -174,7 +175,7 @@ def test_msd_step_gap_is_the_power_iteration(run):
 
     d_params, spectral = terms["step_d_params"], terms["step_spectral"]
     ours = msd_terms(d_params, spectral, spectral)
-    refresh = reference_step.refresh_spectral
+    refresh = parity.refresh_spectral
     reference_like = msd_terms(
         d_params, refresh(d_params, spectral, 1), refresh(d_params, spectral, 2)
     )
@@ -237,7 +238,7 @@ def test_import_maps_weights_vectors_and_adam_moments(pair):
     discs = factory.build_discriminators(config)
     tx_g, _ = optim.make_optimizer(config.optim.g)
     tx_d, _ = optim.make_optimizer(config.optim.d)
-    ref = reference_import.import_reference_training(g, do, codec, discs)
+    ref = training_import.import_reference_training(g, do, codec, discs)
     g_opt, d_opt = ref.opt_states(tx_g.init(ref.g_params), tx_d.init(ref.d_params))
     assert (ref.step, ref.epoch, ref.fresh_stft) == (7, 3, False)
 
@@ -260,8 +261,8 @@ def test_import_maps_weights_vectors_and_adam_moments(pair):
     )
     assert stft["conv_post"]["weight_g"].shape == (1, 1, 1, 1)
 
-    back = reference_import.discriminators_to_torch(ref.d_params, ref.spectral)
-    for section in reference_import.D_SECTIONS:
+    back = training_import.discriminators_to_torch(ref.d_params, ref.spectral)
+    for section in training_import.D_SECTIONS:
         want = {k: v for k, v in do[section].items() if not k.endswith("spec_transform.window")}
         assert set(back[section]) == set(want), section
         for k, v in want.items():
@@ -279,15 +280,15 @@ def test_single_gpu_checkpoint_is_detected(pair):
     """A single-GPU run saves MSD under 'mstftd': one clear error, or MS-STFT started fresh
     (fresh weights, zero Adam moments) with fresh_stft."""
     g, do = pair
-    real = {s: do[s] for s in reference_import.D_OPTIM_ORDER}  # Adam ran on the real MS-STFT
+    real = {s: do[s] for s in training_import.D_OPTIM_ORDER}  # Adam ran on the real MS-STFT
     quirk = {**do, "mstftd": do["msd"], "optim_d": torch_adam(real, _moments, step=5)}
     config = factory.load_config(f"{CONFIG}:academicodec")
     codec = factory.build_codec(config, weight_norm=True)
     discs = factory.build_discriminators(config)
     args = (g, quirk, codec, discs)
-    with pytest.raises(reference_import.SingleGpuCheckpointError, match="single-GPU.*fresh_stft"):
-        reference_import.import_reference_training(*args)
-    ref = reference_import.import_reference_training(*args, fresh_stft=True)
+    with pytest.raises(training_import.SingleGpuCheckpointError, match="single-GPU.*fresh_stft"):
+        training_import.import_reference_training(*args)
+    ref = training_import.import_reference_training(*args, fresh_stft=True)
     assert ref.fresh_stft
     np.testing.assert_array_equal(
         ref.d_params["msd"]["discriminators_1"]["convs_0"]["weight_g"],
@@ -306,14 +307,14 @@ def test_import_errors_name_the_key(pair):
     g, do = pair
     config = factory.load_config(f"{CONFIG}:academicodec")
     discs = factory.build_discriminators(config)
-    sections = {s: dict(do[s]) for s in reference_import.D_SECTIONS}
+    sections = {s: dict(do[s]) for s in training_import.D_SECTIONS}
     sections["mpd"]["discriminators.0.convs.0.weight_v"] = np.zeros((32, 1, 3, 1), np.float32)
     with pytest.raises(CheckpointMismatchError, match=r"mpd.discriminators.0.convs.0.weight_v"):
-        reference_import.discriminators_from_torch(sections, discs)
-    sections = {s: dict(do[s]) for s in reference_import.D_SECTIONS}
+        training_import.discriminators_from_torch(sections, discs)
+    sections = {s: dict(do[s]) for s in training_import.D_SECTIONS}
     del sections["msd"]["discriminators.0.convs.2.weight_u"]
     with pytest.raises(CheckpointMismatchError, match=r"msd.discriminators.0.convs.2.weight_u"):
-        reference_import.discriminators_from_torch(sections, discs)
+        training_import.discriminators_from_torch(sections, discs)
     codec = factory.build_codec(factory.load_config(CONFIG), weight_norm=True)
     with pytest.raises(ValueError, match="academicodec"):
-        reference_import.import_reference_training(g, do, codec, discs)
+        training_import.import_reference_training(g, do, codec, discs)

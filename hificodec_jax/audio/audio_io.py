@@ -9,6 +9,7 @@ train / held-out split by stable hashing, and the checks that reject unusable au
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 from collections.abc import Iterable, Sequence
@@ -159,3 +160,46 @@ def file_key(path: str) -> str:
     """``parent/name`` of a file: the split key, stable when the corpus directory moves."""
     parent, name = os.path.split(os.path.abspath(path))
     return f"{os.path.basename(parent)}/{name}"
+
+
+_GLOB_CHARS = ("*", "?", "[")
+
+
+def expand_audio_paths(
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    *,
+    extensions: tuple[str, ...] = AUDIO_EXTENSIONS,
+) -> list[tuple[str, str]]:
+    """``(file, relative name)`` for each file named by ``paths`` (files, directories, globs).
+
+    A directory contributes its files with ``extensions`` (recursive, sorted, hidden entries
+    skipped), each named relative to that directory (``a/x.wav``), so outputs can mirror the
+    tree; a file or a glob match is named by its base name. A file given by name is taken
+    whatever its extension. Raises ``FileNotFoundError`` naming the argument when a path does
+    not exist, a glob matches nothing, or a directory holds no such files.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: list[tuple[str, str]] = []
+    for p in map(os.fspath, paths):
+        if not os.path.exists(p) and any(c in p for c in _GLOB_CHARS):
+            matches = sorted(glob.glob(p, recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"no files match {p!r}")
+            for m in matches:
+                out.extend(_expand_one(m, extensions))
+        else:
+            out.extend(_expand_one(p, extensions))
+    return out
+
+
+def _expand_one(path: str, extensions: tuple[str, ...]) -> list[tuple[str, str]]:
+    if not os.path.isdir(path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no such file or directory: {path}")
+        return [(os.path.abspath(path), os.path.basename(path))]
+    root = os.path.abspath(path)
+    files = list_audio_files(root, allow_empty=True, extensions=extensions)
+    if not files:
+        raise FileNotFoundError(f"no files ({', '.join(extensions)}) under {path}")
+    return [(f, os.path.relpath(f, root)) for f in files]

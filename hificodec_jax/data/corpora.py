@@ -21,12 +21,12 @@ stable hash of the speaker id (SHA-1 with ``seed``), so a speaker's membership n
 the rest of the corpus; ``split_by="utterance"`` hashes utterance ids instead (used
 automatically when the corpus has a single speaker).
 
-CLI: ``python -m hificodec_jax.data.corpora --kind libritts --root R --out O --sample_rate 16000``
+CLI: ``hificodec-jax prepare --kind libritts --root R --out O --sample_rate 16000`` (also
+``python -m hificodec_jax.data.corpora ...``)
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import dataclasses
@@ -292,38 +292,9 @@ def prepare_corpus(
     return os.fspath(builder.data_dir)
 
 
-def main(argv: Sequence[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(
-        prog="python -m hificodec_jax.data.corpora", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--kind", choices=KINDS, required=True)
-    parser.add_argument("--root", required=True, help="your local copy of the corpus")
-    parser.add_argument("--out", required=True, help="output data directory")
-    parser.add_argument("--sample_rate", type=int, default=16000)
-    parser.add_argument("--held_out_fraction", type=float, default=0.02)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--split_by", choices=("speaker", "utterance"), default="speaker")
-    parser.add_argument("--subsets", default="", help="comma-separated, e.g. train-clean-100")
-    parser.add_argument("--mic", default="mic1", help="VCTK microphone")
-    parser.add_argument("--num_workers", type=int, default=4, help="decoding threads")
-    parser.add_argument("--name", default=None, help="config name (default <kind>_<rate>)")
-    args = parser.parse_args(argv)
-    data_dir = prepare_corpus(
-        args.kind,
-        args.root,
-        args.out,
-        sample_rate=args.sample_rate,
-        held_out_fraction=args.held_out_fraction,
-        seed=args.seed,
-        split_by=args.split_by,
-        subsets=[s for s in args.subsets.split(",") if s] or None,
-        mic=args.mic,
-        num_workers=args.num_workers,
-        name=args.name,
-    )
-    print(data_dir)
-    return data_dir
+if __name__ == "__main__":  # the former entry point, kept as an alias of `hificodec-jax prepare`
+    import sys
 
+    from hificodec_jax.cli import main
 
-if __name__ == "__main__":
-    main()
+    sys.exit(main(["prepare", *sys.argv[1:]]))

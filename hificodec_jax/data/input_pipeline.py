@@ -9,8 +9,8 @@ Training (:func:`make_train_dataset`), per process::
 
 as in the reference (``librosa.load`` at the model's rate, a random ``segment_size`` crop, zero
 padding when shorter, no gain normalisation). A bad item (undecodable, silent, non-finite,
-too short) never stops training: it is logged once by name, counted in :func:`bad_file_stats`
-and skipped. Batches are ``{"wav": float32 [b, segment_size], "lengths": int32 [b]}`` (valid
+too short) never stops training: it is logged once by name, counted in the dataset's
+:class:`BadItems` ledger (``bad_items=``) and skipped. Batches are ``{"wav": float32 [b, segment_size], "lengths": int32 [b]}`` (valid
 samples before padding). The pipeline is deterministic given ``seed`` and the returned
 ``IterDataset``'s iterator is checkpointable (``get_state()`` / ``set_state()``; the grain
 orbax handler), so a resumed run continues on the exact next batch.
@@ -34,12 +34,10 @@ from hificodec_jax.audio.audio_io import list_audio_files
 __all__ = [
     "ArrayRecordAudioSource",
     "AudioFileSource",
-    "bad_file_metrics",
-    "bad_file_stats",
+    "BadItems",
     "list_audio_files",
     "make_eval_dataset",
     "make_train_dataset",
-    "reset_bad_file_stats",
     "split_files",
 ]
 
@@ -178,33 +176,34 @@ class ArrayRecordAudioSource:
 # Bad items
 # ----------------------------------------------------------------------------------------------
 
-_BAD: dict[str, str] = {}
-_BAD_LOCK = threading.Lock()
 
+class BadItems:
+    """The bad items one or more datasets met: name -> reason, each logged once.
 
-def _record_bad(name: str, reason: str) -> None:
-    with _BAD_LOCK:
-        if name in _BAD:
-            return
-        _BAD[name] = reason
-    logging.warning("skipping bad audio %s: %s", name, reason)
+    Thread-safe (grain's reader threads record into it); :meth:`metrics` feeds the metric
+    writer.
+    """
 
+    def __init__(self):
+        self._bad: dict[str, str] = {}
+        self._lock = threading.Lock()
 
-def bad_file_stats() -> dict[str, str]:
-    """Every bad item met so far in this process: name -> reason."""
-    with _BAD_LOCK:
-        return dict(_BAD)
+    def record(self, name: str, reason: str) -> None:
+        with self._lock:
+            if name in self._bad:
+                return
+            self._bad[name] = reason
+        logging.warning("skipping bad audio %s: %s", name, reason)
 
+    def stats(self) -> dict[str, str]:
+        """Every bad item met so far: name -> reason."""
+        with self._lock:
+            return dict(self._bad)
 
-def bad_file_metrics() -> dict[str, float]:
-    """Scalars for the metric writer (the number of distinct bad items skipped)."""
-    with _BAD_LOCK:
-        return {"data/bad_files": float(len(_BAD))}
-
-
-def reset_bad_file_stats() -> None:
-    with _BAD_LOCK:
-        _BAD.clear()
+    def metrics(self) -> dict[str, float]:
+        """Scalars for the metric writer (the number of distinct bad items skipped)."""
+        with self._lock:
+            return {"data/bad_files": float(len(self._bad))}
 
 
 class _Guarded:
@@ -214,8 +213,9 @@ class _Guarded:
     all found bad raise instead of letting an infinite pipeline spin on nothing.
     """
 
-    def __init__(self, source, shard_size: int | None = None):
+    def __init__(self, source, bad_items: BadItems, shard_size: int | None = None):
         self.source = source
+        self.bad_items = bad_items
         self.shard_size = shard_size
         self._bad: set[int] = set()
 
@@ -241,7 +241,7 @@ class _Guarded:
             return wav.astype(np.float32, copy=False)
         self._bad.add(index)
         name_fn = getattr(self.source, "name", None)
-        _record_bad(name_fn(index) if callable(name_fn) else f"item {index}", reason)
+        self.bad_items.record(name_fn(index) if callable(name_fn) else f"item {index}", reason)
         if self.shard_size is not None and len(self._bad) >= self.shard_size:
             raise RuntimeError(f"all {self.shard_size} items of this shard are bad: {self.source}")
         return None
@@ -297,6 +297,7 @@ def make_train_dataset(
     min_samples: int | None = None,
     num_threads: int = 8,
     prefetch_buffer_size: int = 64,
+    bad_items: BadItems | None = None,
 ) -> grain.IterDataset:
     """Infinite shuffled batches of random crops of this process's shard of ``source``.
 
@@ -318,7 +319,8 @@ def make_train_dataset(
     if len(source) < process_count:
         raise ValueError(f"{len(source)} items cannot be shared by {process_count} processes")
     min_samples = segment_size // 10 if min_samples is None else min_samples
-    guarded = _Guarded(source, len(range(len(source))[process_index::process_count]))
+    shard = len(range(len(source))[process_index::process_count])
+    guarded = _Guarded(source, bad_items or BadItems(), shard)
     crop = functools.partial(_train_item, guarded, segment_size, min_samples)  # picklable
 
     ds = grain.MapDataset.source(guarded)[process_index::process_count]
@@ -338,6 +340,7 @@ def make_eval_dataset(
     process_count: int = 1,
     num_threads: int = 2,
     prefetch_buffer_size: int = 4,
+    bad_items: BadItems | None = None,
 ) -> grain.IterDataset:
     """Held-out clips one at a time, in order: ``{"wav": [1, T], "lengths": [1]}``.
 
@@ -353,7 +356,7 @@ def make_eval_dataset(
         raise ValueError("pass sample_rate= for a source without a sample_rate attribute")
     max_samples = max(int(round(max_seconds * sample_rate)), hop)
     padded_max = math.ceil(max_samples / hop) * hop
-    guarded = _Guarded(source)
+    guarded = _Guarded(source, bad_items or BadItems())
 
     prepare = functools.partial(
         _eval_item, guarded, hop, max_samples, padded_max if fixed_length else None

@@ -1,27 +1,20 @@
-"""Where audio comes from: the trainer's train / held-out sources and the CLI's input files.
+"""Where training audio comes from: the trainer's train / held-out sources.
 
 :func:`make_sources` picks the training data from ``config.data`` (ArrayRecord data prepared
 by :mod:`hificodec_jax.data.corpora`, a directory tree of audio files, or the built-in demo
-corpus); :func:`expand_audio_paths` turns paths a user typed (files,
-directories, globs) into audio files, with the same extension list and directory walk
-(:func:`hificodec_jax.audio.audio_io.list_audio_files`). grain and TFDS are imported only
-when training sources are made, so the CLI's inference commands do not need them.
+corpus). grain and TFDS are imported only when training sources are made.
 """
 
 from __future__ import annotations
 
-import glob
 import os
-from collections.abc import Iterable
 
 import ml_collections
 from absl import logging
 
-from hificodec_jax.audio.audio_io import AUDIO_EXTENSIONS, list_audio_files
+from hificodec_jax.audio.audio_io import list_audio_files
 
-__all__ = ["expand_audio_paths", "make_sources", "steps_per_epoch"]
-
-_GLOB_CHARS = ("*", "?", "[")
+__all__ = ["make_sources", "steps_per_epoch"]
 
 
 def make_sources(config: ml_collections.ConfigDict, workdir: str):
@@ -60,43 +53,3 @@ def steps_per_epoch(num_clips: int, global_batch: int) -> int:
     if global_batch <= 0:
         raise ValueError(f"batch_size must be positive, got {global_batch}")
     return max(1, int(num_clips) // int(global_batch))
-
-
-def expand_audio_paths(
-    paths: str | os.PathLike | Iterable[str | os.PathLike],
-    *,
-    extensions: tuple[str, ...] = AUDIO_EXTENSIONS,
-) -> list[tuple[str, str]]:
-    """``(file, relative name)`` for each file named by ``paths`` (files, directories, globs).
-
-    A directory contributes its files with ``extensions`` (recursive, sorted, hidden entries
-    skipped), each named relative to that directory (``a/x.wav``), so outputs can mirror the
-    tree; a file or a glob match is named by its base name. A file given by name is taken
-    whatever its extension. Raises ``FileNotFoundError`` naming the argument when a path does
-    not exist, a glob matches nothing, or a directory holds no such files.
-    """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    out: list[tuple[str, str]] = []
-    for p in map(os.fspath, paths):
-        if not os.path.exists(p) and any(c in p for c in _GLOB_CHARS):
-            matches = sorted(glob.glob(p, recursive=True))
-            if not matches:
-                raise FileNotFoundError(f"no files match {p!r}")
-            for m in matches:
-                out.extend(_expand_one(m, extensions))
-        else:
-            out.extend(_expand_one(p, extensions))
-    return out
-
-
-def _expand_one(path: str, extensions: tuple[str, ...]) -> list[tuple[str, str]]:
-    if not os.path.isdir(path):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no such file or directory: {path}")
-        return [(os.path.abspath(path), os.path.basename(path))]
-    root = os.path.abspath(path)
-    files = list_audio_files(root, allow_empty=True, extensions=extensions)
-    if not files:
-        raise FileNotFoundError(f"no files ({', '.join(extensions)}) under {path}")
-    return [(f, os.path.relpath(f, root)) for f in files]

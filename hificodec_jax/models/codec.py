@@ -128,10 +128,25 @@ class Codec(nn.Module):
     # Compute dtype of the encoder and decoder (convolutions, activations); parameters, the
     # quantizer (distances, EMA statistics) and the outputs stay float32.
     dtype: jnp.dtype = jnp.float32
+    # The audio rate the codec was built for (``config.audio.sample_rate``); None for a codec
+    # built from a bare model section.
+    sample_rate: int | None = None
 
-    def bitrate(self, sample_rate: float, num_levels: int | None = None) -> float:
-        """Nominal bits per second at ``sample_rate``: frames/s x codebooks used x log2(K)."""
-        return sample_rate / self.hop * self.quantizer.bits_per_frame(num_levels)
+    @property
+    def frame_rate(self) -> float:
+        """Frames (code vectors) per second at :attr:`sample_rate`."""
+        return self._rate(None) / self.hop
+
+    def _rate(self, sample_rate: float | None) -> float:
+        rate = self.sample_rate if sample_rate is None else sample_rate
+        if rate is None:
+            raise ValueError("this codec has no sample_rate: pass sample_rate=")
+        return rate
+
+    def bitrate(self, sample_rate: float | None = None, num_levels: int | None = None) -> float:
+        """Nominal bits per second (at :attr:`sample_rate` unless given): frames/s x codebooks
+        used x log2(K)."""
+        return self._rate(sample_rate) / self.hop * self.quantizer.bits_per_frame(num_levels)
 
     def receptive_field(self) -> tuple[int | None, int | None]:
         """One-sided receptive field of ``(encoder, decoder)`` in frames, rounded up, or None.
@@ -245,3 +260,39 @@ class Codec(nn.Module):
     def _decoder(self, z_q, frame_lengths):
         """``z_q [B, F, D]`` -> float32 ``wav_hat [B, F*hop]``, computed in ``dtype``."""
         return self.decoder(z_q.astype(self.dtype), frame_lengths).astype(jnp.float32)
+
+
+class MissingEncoderError(ValueError):
+    """Encoding was asked of a decoder-only model."""
+
+
+class DecoderOnlyCodec(Codec):
+    """A :class:`Codec` whose checkpoint had no encoder: ``decode``/``decode_latent``/
+    ``quantize`` work; anything that needs the encoder raises :class:`MissingEncoderError`."""
+
+    @classmethod
+    def of(cls, codec: Codec) -> DecoderOnlyCodec:
+        """The decoder-only form of ``codec`` (same submodules and fields)."""
+        return cls(
+            encoder=codec.encoder.clone(),
+            quantizer=codec.quantizer.clone(),
+            decoder=codec.decoder.clone(),
+            hop=codec.hop,
+            dtype=codec.dtype,
+            sample_rate=codec.sample_rate,
+        )
+
+    def _no_encoder(self):
+        raise MissingEncoderError(
+            "this model has no encoder (it was converted from a decoder-only checkpoint): "
+            "it can decode codes (method='decode') but cannot encode audio"
+        )
+
+    def __call__(self, wav, lengths=None, *, train=False, num_levels=None):
+        self._no_encoder()
+
+    def encode(self, wav, lengths=None, *, num_levels=None):
+        self._no_encoder()
+
+    def encode_latent(self, wav, lengths=None):
+        self._no_encoder()

@@ -7,7 +7,7 @@ Decoder: ``z_q [B, F, D] -> wav_hat [B, F * hop]``; HiFi-GAN V1 with transposed-
 averaged ResBlocks ("MRF") and a tanh output.
 
 Submodule names mirror the torch state-dict keys (``ups.0`` -> ``ups_0``, ``resblocks.3.convs1.2``
--> ``resblocks_3/convs1_2``) so that :mod:`hificodec_jax.codec.convert` is a mechanical mapping.
+-> ``resblocks_3/convs1_2``) so that :mod:`hificodec_jax.reference.convert` is a mechanical mapping.
 Deviation from the reference: the latent size ``latent_dim`` and the channel widths are
 hyper-parameters (the reference hard-codes 512 and needs exactly 4 stages to reach it).
 """

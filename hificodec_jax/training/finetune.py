@@ -14,7 +14,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from hificodec_jax.loading import load
 from hificodec_jax.models.quantizer import ema_state_from_codebooks
+from hificodec_jax.training.sharding import place_like
 from hificodec_jax.training.step import TrainState
 
 
@@ -45,16 +47,14 @@ def init_from_model(state: TrainState, config: ml_collections.ConfigDict) -> Tra
     Raises ``ValueError`` naming the model when it has no encoder, another sample rate, or a
     generator whose variables do not match the config's (train with the model's architecture).
     """
-    import hificodec_jax
-    from hificodec_jax.codec.model_io import load_config_of
-
     name = config.init_from
-    _, variables = hificodec_jax.load(name, inference=False)
+    model = load(name, inference=False)
+    variables = model.variables
     if "encoder" not in variables["params"]:
         raise ValueError(
             f"init_from={name!r} is a decoder-only model: fine-tuning needs an encoder"
         )
-    model_sr = int(load_config_of(name).audio.sample_rate)
+    model_sr = int(model.config.audio.sample_rate)
     if model_sr != config.audio.sample_rate:
         raise ValueError(
             f"init_from={name!r} is a {model_sr} Hz model; the config trains at "
@@ -62,39 +62,8 @@ def init_from_model(state: TrainState, config: ml_collections.ConfigDict) -> Tra
         )
     host = jax.tree.map(np.asarray, variables)
     g_params, vq = generator_variables(host, config.model.quantizer.update)
-    g_params = _placed(g_params, state.g_params, name, "params")
-    vq = _placed(vq, state.vq, name, "vq")
+    hint = "train with the model's architecture (its config.json)"
+    g_params = place_like(g_params, state.g_params, f"init_from={name!r} params", hint=hint)
+    vq = place_like(vq, state.vq, f"init_from={name!r} vq", hint=hint)
     logging.info("fine-tuning from %s: generator and codebooks loaded", name)
     return state.replace(g_params=g_params, vq=vq)
-
-
-def _placed(tree, like, name: str, collection: str):
-    """``tree`` as arrays with ``like``'s dtypes and shardings; a clear error where the two
-    differ in structure or shape."""
-    got = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-    want = jax.tree_util.tree_flatten_with_path(like)[0]
-    for path, leaf in want:
-        key = jax.tree_util.keystr(path)
-        if key not in got:
-            raise ValueError(
-                f"init_from={name!r}: the model has no {collection}{key}, which the config's "
-                "generator has: train with the model's architecture (its config.json)"
-            )
-        if tuple(np.shape(got[key])) != tuple(leaf.shape):
-            raise ValueError(
-                f"init_from={name!r}: {collection}{key} has shape {np.shape(got[key])} in the "
-                f"model, {tuple(leaf.shape)} in the config's generator: train with the model's "
-                "architecture (its config.json)"
-            )
-    extra = sorted(set(got) - {jax.tree_util.keystr(p) for p, _ in want})
-    if extra:
-        raise ValueError(
-            f"init_from={name!r}: the model's {collection}{extra[0]} is not in the config's "
-            "generator: train with the model's architecture (its config.json)"
-        )
-
-    def put(path, leaf):
-        x = np.asarray(got[jax.tree_util.keystr(path)], leaf.dtype)
-        return jax.make_array_from_callback(x.shape, leaf.sharding, lambda index: x[index])
-
-    return jax.tree_util.tree_map_with_path(put, like)

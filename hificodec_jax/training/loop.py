@@ -24,14 +24,9 @@ from etils import epath
 
 from hificodec_jax.data import input_pipeline
 from hificodec_jax.data.sources import make_sources, steps_per_epoch
-from hificodec_jax.training import (
-    evaluate,
-    finetune,
-    host_memory,
-    optim,
-    reference_resume,
-    sharding,
-)
+from hificodec_jax.model_dir import save_model
+from hificodec_jax.reference import resume as reference_resume
+from hificodec_jax.training import evaluate, finetune, host_memory, optim, sharding
 from hificodec_jax.training.checkpoint import Checkpointer
 from hificodec_jax.training.compilation import build, compile_step
 from hificodec_jax.training.metric_writer import MetricWriter, Progress
@@ -74,8 +69,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     train_src, eval_src = make_sources(config, workdir)
     epoch = steps_per_epoch(len(train_src), config.batch_size)
     _log_schedule(config, len(train_src), epoch)
+    bad_items = input_pipeline.BadItems()  # train and held-out files, counted together
     train_ds = input_pipeline.make_train_dataset(
         train_src,
+        bad_items=bad_items,
         segment_size=config.data.segment_size,
         batch_size=config.batch_size // n_proc,
         seed=config.seed,
@@ -112,7 +109,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     def run_eval(state, step: int) -> dict:
         eval_ds = input_pipeline.make_eval_dataset(
-            eval_src, max_seconds=config.data.eval_seconds, hop=codec.hop
+            eval_src, max_seconds=config.data.eval_seconds, hop=codec.hop, bad_items=bad_items
         )
         metrics = evaluate.evaluate(
             eval_step,
@@ -147,7 +144,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             if step % config.log_every == 0 or step == config.total_steps:
                 metrics = jax.device_get(metrics)
                 metrics.update(progress.report(step, metrics))
-                metrics.update(input_pipeline.bad_file_metrics())
+                metrics.update(bad_items.metrics())
                 writer.scalars(step, metrics)
                 last_metrics = metrics
             eval_metrics = None
@@ -231,8 +228,6 @@ def export(config: ml_collections.ConfigDict, state: TrainState, directory: str)
     process calls this); process 0 writes."""
     variables = sharding.to_host({"params": state.g_params, "vq": state.vq})
     if jax.process_index() == 0:
-        from hificodec_jax.codec.model_io import save_model
-
         if not variables["vq"]:
             del variables["vq"]
         save_model(directory, config, variables, source="train", overwrite=True)

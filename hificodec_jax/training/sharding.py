@@ -86,3 +86,32 @@ def to_host(tree):
         return np.asarray(jax.device_get(x))
 
     return jax.tree.map(get, tree)
+
+
+def place_like(tree, like, what: str, *, hint: str = ""):
+    """``tree`` (host arrays) as global arrays with ``like``'s structure, dtypes and shardings.
+
+    ``ValueError`` naming ``what`` and the first leaf that is missing, extra or of another
+    shape (``hint`` is appended: what the user should do about it).
+    """
+    hint = f": {hint}" if hint else ""
+    got = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    want = jax.tree_util.tree_flatten_with_path(like)[0]
+    for path, leaf in want:
+        key = jax.tree_util.keystr(path)
+        if key not in got:
+            raise ValueError(f"{what}: no {key}, which the train state has{hint}")
+        if tuple(np.shape(got[key])) != tuple(leaf.shape):
+            raise ValueError(
+                f"{what}: {key} has shape {np.shape(got[key])}, the train state's "
+                f"{tuple(leaf.shape)}{hint}"
+            )
+    extra = sorted(set(got) - {jax.tree_util.keystr(p) for p, _ in want})
+    if extra:
+        raise ValueError(f"{what}: {extra[0]} is not in the train state{hint}")
+
+    def put(path, leaf):
+        x = np.asarray(got[jax.tree_util.keystr(path)], leaf.dtype)
+        return jax.make_array_from_callback(x.shape, leaf.sharding, lambda index: x[index])
+
+    return jax.tree_util.tree_map_with_path(put, like)

@@ -9,7 +9,7 @@ The discriminator side runs one sub-discriminator at a time (forward and backwar
 activations of only one are alive at once; the result is the same sum of losses and gradients.
 The phases are functions of their own (:func:`generator_forward`,
 :func:`discriminator_gradients`, :func:`generator_gradients`), which
-:mod:`~hificodec_jax.training.reference_step` runs in the same order to compare every term with
+:mod:`~hificodec_jax.reference.parity` runs in the same order to compare every term with
 the reference's training-parity fixture.
 
 Deviations (documented in docs/deviations.md): D sees real and fake as one concatenated batch (one

@@ -3,7 +3,7 @@
 The reference (AcademiCodec ``train.py``) saves ``g_XXXXXXXX`` = ``{"generator", "encoder",
 "quantizer"}`` and ``do_XXXXXXXX`` = ``{"mpd", "msd", "mstftd", "optim_g", "optim_d", "steps",
 "epoch"}`` (torch state dicts; spec section 7). Read with the torch-free
-:func:`~hificodec_jax.codec.pth_reader.load_pth`, they convert here into the parameters of
+:func:`~hificodec_jax.reference.pth.load_pth`, they convert here into the parameters of
 ``Discriminators`` (``mpd`` / ``msd`` / ``mstftd``), MSD's spectral-norm vectors, and optax Adam
 states whose moments and count are torch Adam's ``exp_avg`` / ``exp_avg_sq`` / ``step``.
 
@@ -19,7 +19,6 @@ encoder, quantizer parameters, ``optim_d`` over MSD, MPD, MS-STFT, each in state
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 import jax
@@ -27,9 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hificodec_jax.codec.convert import CheckpointMismatchError, torch_to_flax
 from hificodec_jax.models.codec import Codec
 from hificodec_jax.models.discriminators import REGISTRY, Discriminators
+from hificodec_jax.reference import layout
+from hificodec_jax.reference.convert import CheckpointMismatchError, torch_to_flax
 
 __all__ = [
     "D_SECTIONS",
@@ -90,14 +90,8 @@ def _is_buffer(sd: dict, key: str) -> bool:
 
 def _flax_path(section: str, key: str, spectral: bool) -> tuple[str, tuple[str, ...]]:
     """``(collection, path)`` of torch key ``key`` of ``do_[section]``."""
-    parts = [p for p in key.split(".") if p != "conv"]  # NormConv2d's inner ``conv``
-    leaf = parts.pop()
-    path: list[str] = [section]
-    for p in parts:
-        if p.isdigit():
-            path[-1] = f"{path[-1]}_{p}"
-        else:
-            path.append(p)
+    *parts, leaf = [p for p in key.split(".") if p != "conv"]  # NormConv2d's inner ``conv``
+    path = layout.flax_modules(parts, (section,))
     if spectral:
         return "spectral", (*path, "u" if leaf == "weight_u" else "v")
     return "params", (*path, {"weight": "kernel", "weight_orig": "kernel"}.get(leaf, leaf))
@@ -105,7 +99,7 @@ def _flax_path(section: str, key: str, spectral: bool) -> tuple[str, tuple[str, 
 
 def _torch_key(section: str, path: tuple[str, ...], collection: str) -> str:
     *mods, leaf = path[1:]
-    parts = [re.sub(r"_(\d+)$", r".\1", m) for m in mods]
+    parts = layout.torch_modules(mods)
     if section == "mstftd" and parts and parts[-1].split(".")[0] in ("convs", "conv_post"):
         parts.append("conv")
     if collection == "spectral":
@@ -118,24 +112,17 @@ def _to_flax(x: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
     x = np.asarray(x, np.float32)
     if x.ndim == len(shape) + 1 and x.shape[-1] == 1:  # MPD's (k, 1) kernels
         x = x[..., 0]
-    if x.ndim > 1:
-        x = np.transpose(x, (*range(2, x.ndim), 1, 0))
+    x = layout.to_flax(x)
     if x.shape != tuple(shape):
         raise CheckpointMismatchError(
-            f"{name}: checkpoint shape {_torch_shape(x.shape)} does not fit the model's "
-            f"{_torch_shape(tuple(shape))} (torch layout)"
+            f"{name}: checkpoint shape {layout.torch_shape(x.shape)} does not fit the model's "
+            f"{layout.torch_shape(tuple(shape))} (torch layout)"
         )
     return x
 
 
-def _torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return shape if len(shape) < 2 else (shape[-1], shape[-2], *shape[:-2])
-
-
 def _to_torch(x: np.ndarray, section: str) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim > 1:
-        x = np.transpose(x, (x.ndim - 1, x.ndim - 2, *range(x.ndim - 2)))
+    x = layout.to_torch(x)
     return x[..., None] if section == "mpd" and x.ndim == 3 else x
 
 

@@ -1,6 +1,6 @@
 """A smoke check of a config's codec: an encode/decode round trip of a demo signal.
 
-``python -m hificodec_jax.codec.roundtrip_demo configs/grvq4.py [WORKDIR]``.
+``python -m hificodec_jax.inference.roundtrip_demo configs/grvq4.py [WORKDIR]``.
 
 Builds the config's codec with freshly initialised (untrained) weights, encodes a synthetic
 speech-like signal to codes and decodes it, and writes ``input.wav``, ``output.wav`` and

@@ -20,19 +20,19 @@ bitrate (all ``L`` levels); decode takes all ``L*G`` code streams.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
+from hificodec_jax.loading import Model, load
+
 __all__ = [
     "PLATFORMS",
-    "add_export_command",
+    "check_platforms",
     "export_codec",
     "export_model",
     "load_exported",
@@ -43,7 +43,7 @@ PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 FORMAT_VERSION = 1
 
 
-def _check_platforms(platforms: Sequence[str]) -> tuple[str, ...]:
+def check_platforms(platforms: Sequence[str]) -> tuple[str, ...]:
     platforms = tuple(p.strip().lower() for p in platforms if p.strip())
     bad = [p for p in platforms if p not in PLATFORMS]
     if bad or not platforms:
@@ -85,7 +85,7 @@ def export_codec(
 
     Batch size and length are symbolic (``T >= hop`` samples, ``F >= 1`` frames).
     """
-    platforms = _check_platforms(platforms)
+    platforms = check_platforms(platforms)
     q = codec.quantizer
     streams = q.num_levels * q.num_groups
     variables = jax.tree.map(jnp.asarray, variables)
@@ -108,15 +108,15 @@ def export_codec(
 
 
 def export_model(
-    model: str | os.PathLike, out: str | os.PathLike, platforms: Sequence[str] = ("cpu",)
+    model: str | os.PathLike | Model, out: str | os.PathLike, platforms: Sequence[str] = ("cpu",)
 ) -> dict:
-    """Write ``encode.bin``, ``decode.bin`` and ``export.json`` of the model directory ``model``
-    (anything :func:`hificodec_jax.load` accepts) into ``out``; returns the JSON's contents."""
-    from hificodec_jax.codec.model_io import load, load_config_of
-
-    platforms = _check_platforms(platforms)
-    codec, variables = load(model)
-    config = load_config_of(model)
+    """Write ``encode.bin``, ``decode.bin`` and ``export.json`` of ``model`` (anything
+    :func:`hificodec_jax.load` accepts, or what it returned) into ``out``; returns the JSON's
+    contents."""
+    platforms = check_platforms(platforms)
+    if not isinstance(model, Model):
+        model = load(model)
+    codec, variables, config = model.codec, model.variables, model.config
     enc, dec = export_codec(codec, variables, platforms)
     q = codec.quantizer
     streams = q.num_levels * q.num_groups
@@ -166,29 +166,3 @@ def load_exported(
         except (OSError, ValueError) as e:
             raise ValueError(f"{file}: not a serialized jax.export program: {e}") from e
     return meta, programs[0], programs[1]
-
-
-def add_export_command(subparsers) -> None:
-    """Add ``export MODEL --out DIR [--platforms cpu,cuda,tpu]`` to the CLI's subcommands."""
-    e = subparsers.add_parser(
-        "export",
-        help="a model's encode and decode as serialized StableHLO, for serving",
-        description="Writes DIR/encode.bin, DIR/decode.bin (jax.export.Exported.serialize(); "
-        "load with jax.export.deserialize) and DIR/export.json.",
-    )
-    e.add_argument("model", help="model directory (anything hificodec_jax.load accepts)")
-    e.add_argument("--out", required=True, help="directory to write")
-    e.add_argument(
-        "--platforms",
-        default="cpu",
-        help=f"comma-separated platforms the programs run on, of {','.join(PLATFORMS)}",
-    )
-    e.add_argument("--overwrite", action="store_true", help="replace an existing export")
-    e.set_defaults(fn=_cmd_export)
-
-
-def _cmd_export(args: argparse.Namespace) -> None:
-    if (Path(args.out) / "export.json").exists() and not args.overwrite:
-        raise ValueError(f"{args.out} holds an export; pass --overwrite to replace it")
-    meta = export_model(args.model, args.out, args.platforms.split(","))
-    print(f"hificodec-jax: wrote {args.out} for {','.join(meta['platforms'])}", file=sys.stderr)

@@ -19,8 +19,9 @@ import numpy as np
 from absl import logging
 
 from hificodec_jax import factory
-from hificodec_jax.codec.pth_reader import load_pth
-from hificodec_jax.training.reference_import import import_reference_training
+from hificodec_jax.reference.pth import load_pth
+from hificodec_jax.reference.training_import import import_reference_training
+from hificodec_jax.training.sharding import place_like
 from hificodec_jax.training.step import TrainState
 
 __all__ = ["reference_paths", "resume_from_reference"]
@@ -35,20 +36,6 @@ def reference_paths(value: str) -> tuple[str, str]:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"resume_reference: no such file {path!r}")
     return parts[0], parts[1]
-
-
-def _placed(tree, like, what: str):
-    """``tree`` (numpy) as arrays with ``like``'s structure, dtypes and shardings."""
-    if jax.tree.structure(tree) != jax.tree.structure(like):
-        raise ValueError(f"resume_reference: the imported {what} do not fit the train state")
-
-    def put(x, leaf):
-        x = np.asarray(x, leaf.dtype)
-        if x.shape != leaf.shape:
-            raise ValueError(f"resume_reference: {what} shape {x.shape} != {leaf.shape}")
-        return jax.make_array_from_callback(x.shape, leaf.sharding, lambda index: x[index])
-
-    return jax.tree.map(put, tree, like)
 
 
 def resume_from_reference(state: TrainState, config: ml_collections.ConfigDict) -> TrainState:
@@ -77,11 +64,15 @@ def resume_from_reference(state: TrainState, config: ml_collections.ConfigDict) 
         ref.epoch,
         "; MS-STFT starts fresh" if ref.fresh_stft else "",
     )
+
+    def put(tree, like, what):
+        return place_like(tree, like, f"resume_reference: the imported {what}")
+
     return state.replace(
-        step=_placed(np.asarray(ref.step, np.int32), state.step, "step"),
-        g_params=_placed(ref.g_params, state.g_params, "generator parameters"),
-        d_params=_placed(ref.d_params, state.d_params, "discriminator parameters"),
-        spectral=_placed(ref.spectral, state.spectral, "spectral-norm vectors"),
-        g_opt_state=_placed(g_opt, state.g_opt_state, "generator Adam state"),
-        d_opt_state=_placed(d_opt, state.d_opt_state, "discriminator Adam state"),
+        step=put(np.asarray(ref.step, np.int32), state.step, "step"),
+        g_params=put(ref.g_params, state.g_params, "generator parameters"),
+        d_params=put(ref.d_params, state.d_params, "discriminator parameters"),
+        spectral=put(ref.spectral, state.spectral, "spectral-norm vectors"),
+        g_opt_state=put(g_opt, state.g_opt_state, "generator Adam state"),
+        d_opt_state=put(d_opt, state.d_opt_state, "discriminator Adam state"),
     )

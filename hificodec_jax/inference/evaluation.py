@@ -9,8 +9,10 @@ Metric functions take 1-D numpy float arrays of equal length (reference first) a
 * :func:`visqol_speech` ViSQOL v3 speech mode with the deep-lattice mapper (``visqol-python
   [lattice]``; MOS-LQO 1..~4.7) at 16 kHz. The polynomial fallback over-predicts on degraded
   speech, so without the lattice runtime this returns NaN rather than a different scale.
-* :func:`mel_distance` mean absolute difference of natural-log mel spectrograms (80 mels,
-  n_fft 1024, hop 256, Hann 1024, :func:`hificodec_jax.audio.spectral.mel_spectrogram`); 0 is equal.
+* :func:`log_mel_l1` mean absolute difference of natural-log mel spectrograms (80 mels,
+  n_fft 1024, hop 256, Hann 1024, :func:`hificodec_jax.audio.spectral.mel_spectrogram`); 0 is
+  equal. Named apart from training's ``eval/mel_distance``, the reference's training mel loss
+  at the model's own STFT settings.
   ``loudness_normalize=True`` first scales each signal to the same RMS (-20 dBFS; RMS, not LUFS),
   so a pure gain change costs nothing.
 * :func:`si_sdr` scale-invariant SDR in dB (zero-mean signals by default).
@@ -41,7 +43,7 @@ from hificodec_jax.models.codec import non_finite_message
 from hificodec_jax.models.quantizer import codebook_perplexity
 
 _WARNED: set[str] = set()  # optional packages already reported missing
-_LOUDNESS_RMS = 0.1  # -20 dBFS, target RMS of mel_distance(loudness_normalize=True)
+_LOUDNESS_RMS = 0.1  # -20 dBFS, target RMS of log_mel_l1(loudness_normalize=True)
 _MEL = {"n_fft": 1024, "num_mels": 80, "hop_size": 256, "win_size": 1024}
 
 
@@ -114,7 +116,7 @@ def visqol_speech(ref, deg, sr: int) -> float:
     return float(api.measure_from_arrays(ref, deg, 16000).moslqo)
 
 
-def mel_distance(ref, deg, sr: int, *, loudness_normalize: bool) -> float:
+def log_mel_l1(ref, deg, sr: int, *, loudness_normalize: bool) -> float:
     """Mean L1 between natural-log mel spectrograms (80 mels, n_fft 1024, hop 256).
 
     With ``loudness_normalize`` both signals are first scaled to an RMS of 0.1 (-20 dBFS; plain
@@ -156,8 +158,8 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray, int], float]] = {
     "pesq_wb": pesq_wb,
     "stoi": stoi,
     "visqol_speech": visqol_speech,
-    "mel_distance": functools.partial(mel_distance, loudness_normalize=False),
-    "mel_distance_norm": functools.partial(mel_distance, loudness_normalize=True),
+    "log_mel_l1": functools.partial(log_mel_l1, loudness_normalize=False),
+    "log_mel_l1_norm": functools.partial(log_mel_l1, loudness_normalize=True),
     "si_sdr": lambda ref, deg, sr: si_sdr(ref, deg),
 }
 
@@ -276,9 +278,18 @@ def evaluate(
     }
 
 
+def _seconds_stats(result: dict) -> dict[str, float]:
+    """Mean and median clip duration (the seconds column of the mean / median rows)."""
+    secs = np.array([r["seconds"] for r in result["files"]], np.float64)
+    if not secs.size:
+        return {"mean": 0.0, "median": 0.0}
+    return {"mean": float(secs.mean()), "median": float(np.median(secs))}
+
+
 def write_report(result: dict, out_prefix: str | os.PathLike) -> tuple[Path, Path]:
     """``<prefix>.json`` (the whole result, NaN as null) and ``<prefix>.csv`` (one row per clip,
-    then ``mean`` and ``median`` rows; NaN as empty cells). Returns both paths."""
+    then ``mean`` and ``median`` rows, whose seconds are the clips' mean and median duration,
+    and a ``total`` row; NaN as empty cells). Returns both paths."""
     prefix = Path(out_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = Path(f"{prefix}.json"), Path(f"{prefix}.csv")
@@ -295,10 +306,10 @@ def write_report(result: dict, out_prefix: str | os.PathLike) -> tuple[Path, Pat
         for r in result["files"]:
             w.writerow([r["name"], f"{r['seconds']:.3f}", *(cell(r[m]) for m in names)])
         agg = result["aggregate"]
+        secs = _seconds_stats(result)
         for stat in ("mean", "median"):
-            w.writerow(
-                [stat, f"{result['total_seconds']:.3f}", *(cell(agg[m][stat]) for m in names)]
-            )
+            w.writerow([stat, f"{secs[stat]:.3f}", *(cell(agg[m][stat]) for m in names)])
+        w.writerow(["total", f"{result['total_seconds']:.3f}", *([""] * len(names))])
     return json_path, csv_path
 
 
@@ -317,9 +328,11 @@ def format_table(result: dict) -> str:
         line(Path(r["name"]).name, r["seconds"], [r[m] for m in names]) for r in result["files"]
     ]
     out.append("-" * len(out[0]))
+    secs = _seconds_stats(result)
     for stat in ("mean", "median"):
         values = [result["aggregate"][m][stat] for m in names]
-        out.append(line(stat, result["total_seconds"], values))
+        out.append(line(stat, secs[stat], values))
+    out.append(f"{'total':<{label}} {result['total_seconds']:>7.2f}")
     cb = result["codebooks"]
     usage, ppl = (
         " ".join(f"{u:.0%}" for u in cb["usage"]),

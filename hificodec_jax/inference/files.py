@@ -1,6 +1,6 @@
 """Audio files and ``.hfc`` files through a codec, many at a time (the CLI's encode / decode).
 
-Files up to one encode window (10 s) go through :func:`~hificodec_jax.codec.batching.encode_batch`
+Files up to one encode window (10 s) go through :func:`~hificodec_jax.inference.batching.encode_batch`
 and ``decode_batch``, many clips per call; longer ones through ``chunked_encode`` /
 ``chunked_decode``, window by window, so memory stays flat however long the file is. Headers
 record the input's own sample rate and length, which :func:`restore` brings back. Every error
@@ -10,47 +10,26 @@ about a file is a ``ValueError`` that names it.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import soundfile as sf
 
 from hificodec_jax.audio.audio_io import float_to_int16, read_audio, resample
-from hificodec_jax.codec import model_io
-from hificodec_jax.codec.batching import decode_batch, encode_batch
-from hificodec_jax.codec.bitstream import HfcHeader, read_hfc
-from hificodec_jax.codec.inference import chunked_decode, chunked_encode, default_chunking
+from hificodec_jax.inference.batching import decode_batch, encode_batch
+from hificodec_jax.inference.bitstream import HfcHeader, read_hfc
+from hificodec_jax.inference.long_files import chunked_decode, chunked_encode, default_chunking
+from hificodec_jax.loading import Model
 from hificodec_jax.models.codec import non_finite_message
 
 __all__ = [
-    "BATCH_FILES", "Model", "decode_codes", "encode_files", "load_model", "read_audio_file",
+    "BATCH_FILES", "decode_codes", "encode_files", "read_audio_file",
     "read_codes", "restore", "write_audio",
 ]  # fmt: skip
 
 BATCH_FILES = 64  # short files gathered before one encode_batch / decode_batch call
 Note = Callable[[str], None] | None
-
-
-class Model(NamedTuple):
-    """A loaded model with what ``.hfc`` files need: its config and 16-byte id."""
-
-    codec: Any
-    variables: dict
-    config: Any
-    model_id: bytes
-
-    @property
-    def sample_rate(self) -> int:
-        return int(self.config.audio.sample_rate)
-
-
-def load_model(directory: str | os.PathLike) -> Model:
-    """The inference model of a model directory (see :func:`model_io.load`)."""
-    directory = model_io.resolve(directory)  # a released model's name is looked up once
-    codec, variables = model_io.load(directory)
-    return Model(codec, variables, model_io.load_config_of(directory), model_io.model_id(directory))
 
 
 def read_audio_file(path: str, sample_rate: int, hop: int, note: Note = None):
@@ -95,10 +74,13 @@ def encode_files(
     exact: bool = False,
     progress: bool = False,
     note: Note = None,
+    on_error: Callable[[Any, ValueError], None] | None = None,
 ) -> Iterator[tuple[Any, np.ndarray, HfcHeader]]:
     """``(key, codes [F, L*G], header)`` for each ``(key, audio path)``, short files batched
     (so not in input order). ``exact``: whole-file GroupNorm statistics for files longer than
-    one window (a short file's window holds all of it, so its codes are whole-file codes)."""
+    one window (a short file's window holds all of it, so its codes are whole-file codes).
+    A file that cannot be read raises its ``ValueError``, or with ``on_error`` is passed to it
+    (``on_error(key, error)``) and skipped."""
     codec, rate = model.codec, model.sample_rate
     short = default_chunking(codec, "encode", rate)[0] * codec.hop
     pending: list[tuple] = []
@@ -111,7 +93,13 @@ def encode_files(
             yield key, c, _header(model, c, n, original_rate)
 
     for key, path in items:
-        wav, original_rate, length = read_audio_file(path, rate, codec.hop, note)
+        try:
+            wav, original_rate, length = read_audio_file(path, rate, codec.hop, note)
+        except ValueError as e:
+            if on_error is None:
+                raise
+            on_error(key, e)
+            continue
         if len(wav) <= short:
             pending.append((key, path, wav, original_rate, length))
             if len(pending) == BATCH_FILES:

@@ -25,7 +25,8 @@ import optax
 from hificodec_jax import factory
 from hificodec_jax.models import discriminators
 from hificodec_jax.models.scale_discriminator import spectral_normalize
-from hificodec_jax.training import optim, reference_import
+from hificodec_jax.reference import training_import as reference_import
+from hificodec_jax.training import optim
 from hificodec_jax.training import step as train_step
 
 __all__ = [
@@ -191,7 +192,7 @@ def reference_terms(
 ) -> dict[str, np.ndarray]:
     """A reference ``g_`` + ``do_`` pair (as ``load_pth`` returns them) and a batch
     ``wav [B, T]`` -> every term of :func:`make_reference_probe` (numpy), through the importer
-    a resumed run uses (:func:`~hificodec_jax.training.reference_import.import_reference_training`).
+    a resumed run uses (:func:`~hificodec_jax.reference.training_import.import_reference_training`).
 
     Also holds ``wav_hat`` and ``step_d_params`` / ``step_spectral`` (D after its step).
     """

@@ -1,0 +1,27 @@
+"""Download and convert a released model by name; prints its model directory (which works as
+--model, as does the name itself)."""
+
+from __future__ import annotations
+
+import argparse
+
+from hificodec_jax.cli import common
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from hificodec_jax.presets import preset_names
+
+    p.add_argument("name", help=f"a released model's name: {', '.join(preset_names())}")
+    p.add_argument("--revision", default=None, help="branch, tag or commit on the Hub")
+    p.add_argument("--force", action="store_true", help="download and convert again")
+
+
+def run(args: argparse.Namespace) -> int:
+    from hificodec_jax import hub
+
+    if not hub.is_model_name(args.name):
+        raise common.CliError(
+            f"unknown model name {args.name!r}; one of {', '.join(hub.model_names())}"
+        )
+    print(hub.download(args.name, revision=args.revision, force_download=args.force))
+    return 0
