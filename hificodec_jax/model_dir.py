@@ -50,8 +50,7 @@ VARIABLES_DIR = "variables"  # format version 1: an orbax checkpoint
 
 __all__ = [
     "CONFIG_FILE", "META_FILE", "WEIGHTS_FILE", "ModelFiles", "ModelLoadError",
-    "ModelNotFoundError", "host_variables", "is_model_dir", "model_id", "read_model",
-    "save_model",
+    "ModelNotFoundError", "host_variables", "model_id", "read_model", "save_model",
 ]  # fmt: skip
 
 
@@ -276,11 +275,6 @@ def _save_remote(url: str, config, variables, source: str, overwrite: bool) -> s
 
 # --------------------------------------------------------------------------------------------
 # Read
-
-
-def is_model_dir(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a complete model directory (its ``model.json`` exists)."""
-    return (Path(path) / META_FILE).is_file()
 
 
 def _read_meta(directory: Path) -> dict:

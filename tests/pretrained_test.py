@@ -13,9 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
+import types
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -280,10 +283,33 @@ def test_offline_uses_the_cache_and_says_what_to_do_without_it(online, hub, expe
     assert missing.get("error") == "ModelDownloadError", missing
     assert missing["message"] == (
         f"model 'tiny-server-error' ({HUB_REPO}/g_error on the Hugging Face Hub) is not in the "
-        "local cache and offline mode is on (HF_HUB_OFFLINE). Download it once with network "
-        "access (`hificodec-jax download tiny-server-error`), or point HF_HOME at a cache "
-        "that holds it"
+        "local cache and offline mode is on (HF_HUB_OFFLINE). To use it on a machine without "
+        "network access, run `hificodec-jax download tiny-server-error` where the Hub is "
+        "reachable and copy that machine's Hugging Face cache (HF_HOME, default "
+        "~/.cache/huggingface) here, or copy the printed model directory and pass it as "
+        "--model; or convert the reference's .pth with `hificodec-jax convert`"
     )
+
+
+def test_an_unreachable_hub_answers_at_once_from_the_cache_or_with_what_to_do(
+    online, expected_id
+):
+    # No server on this port: the connection is refused, as on a machine without network.
+    hf_home, _, _ = online
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    t0 = time.monotonic()
+    cached, missing = run(
+        types.SimpleNamespace(server_port=port),
+        hf_home,
+        [("load", "tiny-test", None), ("load", "tiny-server-error", None)],
+    )
+    assert time.monotonic() - t0 < 60  # the Hub client's own retries take ~25 s per model
+    assert cached == {"model_id": expected_id, "hop": 40, "conversions": 0}
+    assert missing.get("error") == "ModelDownloadError", missing
+    assert f"127.0.0.1:{port}) cannot be reached. To use it on a machine" in missing["message"]
 
 
 # ---------------------------------------------------------------------------------------------
