@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import re
+import subprocess
+import sys
 import zlib
 
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import config, fast_init
+from helpers import REPO, config, fast_init
 
 import hificodec_jax
 from hificodec_jax import cli, loading
 from hificodec_jax.audio.audio_io import float_to_int16, resample
+from hificodec_jax.cli import common
 from hificodec_jax.data.demo_audio import synthetic_speech
 from hificodec_jax.inference import files
 from hificodec_jax.inference.bitstream import CRC_SIZE, HEADER_SIZE, HEADER_SIZES, read_hfc
@@ -145,8 +149,9 @@ def test_damaged_and_foreign_bitstreams_are_refused(model_dir, tmp_path):
     other = _model_dir(str(tmp_path), seed=1)
     with pytest.raises(SystemExit, match="different model"):
         cli.main(["decode", str(hfc), "--model", other, "--out", str(tmp_path / "o.wav")])
-    with pytest.raises(SystemExit, match="cannot read audio"):
+    with pytest.raises(SystemExit, match=r"a\.hfc: a \.hfc bitstream, not audio") as info:
         cli.main(["encode", str(hfc), "--model", model_dir, "--out", str(tmp_path / "x.hfc")])
+    assert info.value.code == 2
 
 
 def test_audio_with_nan_samples_is_refused_by_name(model_dir, tmp_path):
@@ -259,9 +264,9 @@ def test_errors_name_the_file(model_dir, tmp_path):
     (tmp_path / "cut.hfc").write_bytes(hfc.read_bytes()[:100])
     (tmp_path / "wav.hfc").write_bytes((tmp_path / "a.wav").read_bytes())
     out = ["--model", model_dir, "--out", str(tmp_path / "o.wav")]
-    message = _fail(["decode", str(tmp_path / "cut.hfc"), *out], status=1)
+    message = _fail(["decode", str(tmp_path / "cut.hfc"), *out])  # a bad input: status 2
     assert message.startswith(f"{tmp_path / 'cut.hfc'}: truncated .hfc file (100 bytes")
-    message = _fail(["decode", str(tmp_path / "wav.hfc"), *out], status=1)
+    message = _fail(["decode", str(tmp_path / "wav.hfc"), *out])
     assert message.startswith(f"{tmp_path / 'wav.hfc'}: not a .hfc file (magic b'RIFF'")
     message = _fail(["decode", str(tmp_path / "gone.hfc"), *out])
     assert message == f"no such file or directory: {tmp_path / 'gone.hfc'}"
@@ -300,8 +305,9 @@ def test_no_overwrite_without_flag_and_relative_paths_kept(model_dir, tmp_path):
 
 
 def test_levels_are_checked_before_any_audio_is_read(model_dir, tmp_path, capsys):
-    (tmp_path / "bad.wav").write_bytes(b"not audio at all")
-    args = ["encode", str(tmp_path / "bad.wav"), "--model", model_dir, "--out", str(tmp_path / "o")]
+    # A file whose header reads but whose samples do not decode: only reading the audio finds it.
+    (tmp_path / "bad.mp3").write_bytes(b"not audio at all")
+    args = ["encode", str(tmp_path / "bad.mp3"), "--model", model_dir, "--out", str(tmp_path / "o")]
     assert _fail([*args, "--levels", "3"]) == "--levels 3: this model has levels 1 to 2"
     assert "cannot read audio" in _fail([*args, "--levels", "2"], status=1)
     with pytest.raises(SystemExit) as info:  # argparse refuses 0 before loading the model
@@ -361,7 +367,126 @@ def test_cli_lists_inputs_with_the_shared_extensions(tmp_path):
     for name in ("a.opus", "b.m4a", "c.WAV", "d.txt", "e.hfc"):
         (tmp_path / name).write_bytes(b"")
     assert not hasattr(cli, "AUDIO_EXTENSIONS") and not hasattr(cli, "_expand")
-    assert [rel for _, rel in cli._inputs([str(tmp_path)], audio=True)] == [
+    assert [rel for _, rel in common.inputs([str(tmp_path)], audio=True)] == [
         "a.opus", "b.m4a", "c.WAV",
     ]  # fmt: skip
-    assert [rel for _, rel in cli._inputs([str(tmp_path)], audio=False)] == ["e.hfc"]
+    assert [rel for _, rel in common.inputs([str(tmp_path)], audio=False)] == ["e.hfc"]
+
+
+# ------------------------------------------------------------------------------ issue 32
+
+
+def test_one_bad_file_in_a_directory_does_not_cancel_the_others(model_dir, tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "good.wav", synthetic_speech(16000, 0.3), 16000)
+    (src / "broken.wav").write_bytes(b"RIFF....WAVEfmt garbage")
+    nan = synthetic_speech(16000, 0.3)
+    nan[5] = np.nan
+    sf.write(src / "nan.wav", nan, 16000, subtype="FLOAT")
+    out = tmp_path / "out"
+    assert cli.main(["encode", str(src), "--model", model_dir, "--out", str(out)]) == 1
+    assert sorted(os.listdir(out)) == ["good.hfc"]
+    err = capsys.readouterr().err
+    assert "broken.wav: unreadable audio" in err and "nan.wav' contains NaN" in err
+    assert "2 of 3 inputs failed" in err
+    # --strict: a bad input stops everything before the model loads
+    strict = tmp_path / "strict"
+    message = _fail(["encode", str(src), "--model", model_dir, "--out", str(strict), "--strict"])
+    assert "broken.wav: unreadable audio" in message and not strict.exists()
+
+
+def test_bad_inputs_fail_before_the_model_loads(tmp_path):
+    # The model does not exist either: the input is reported first, so no model was read.
+    (tmp_path / "empty.wav").write_bytes(b"")
+    sf.write(tmp_path / "a.wav", synthetic_speech(16000, 0.2), 16000)
+    no_model = str(tmp_path / "no-model")
+    assert "empty.wav: empty file" in _fail(
+        ["encode", str(tmp_path / "empty.wav"), "--model", no_model]
+    )
+    decode = ["decode", str(tmp_path / "a.wav"), "--model", no_model, "--out", str(tmp_path / "o")]
+    assert "not a .hfc bitstream" in _fail(decode)
+    assert "no-model" in _fail(["encode", str(tmp_path / "a.wav"), "--model", no_model])
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["download", "no-such-model"], "unknown model name 'no-such-model'"),
+        (
+            ["convert", "/nonexistent.pth", "--config", "hificodec-16k-320d", "--out", "x"],
+            "no checkpoint file",
+        ),
+        (["encode", "/nonexistent.wav", "--model", "m"], "no such file"),
+        (["decode", "/nonexistent.hfc", "--model", "m"], "no such file"),
+        (["roundtrip", "/nonexistent.wav", "--model", "m"], "no such file"),
+        (["evaluate", "--model", "m", "--data", "/nonexistent"], "no such file"),
+        (["export", "/nonexistent-model", "--out", "x"], "no model directory"),
+        (["prepare", "--kind", "generic", "--root", "/nonexistent", "--out", "x"], "nonexistent"),
+    ],
+)
+def test_every_subcommand_exits_2_on_a_bad_argument(argv, needle, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert needle in _fail(argv, 2)
+
+
+def test_version_and_every_subcommand_has_a_description(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0 and hificodec_jax.__version__ in capsys.readouterr().out
+    parser = cli.make_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert sorted(sub.choices) == sorted(cli.COMMANDS)
+    for name, p in sub.choices.items():
+        assert p.description and len(p.description) > 20, name
+    assert "released model's name" in sub.choices["convert"].format_help()
+    for name in cli.COMMANDS:  # the module docstring lists every subcommand
+        assert f"    {name} " in cli.__doc__, name
+
+
+def test_out_defaults_to_beside_the_input(model_dir, tmp_path):
+    sf.write(tmp_path / "a.wav", synthetic_speech(16000, 0.3), 16000)
+    assert cli.main(["encode", str(tmp_path / "a.wav"), "--model", model_dir]) == 0
+    assert (tmp_path / "a.hfc").is_file()
+    assert cli.main(["decode", str(tmp_path / "a.hfc"), "--model", model_dir, "--overwrite"]) == 0
+    assert sf.info(tmp_path / "a.wav").frames == 0.3 * 16000  # decode wrote a.wav back
+    assert cli.main(["roundtrip", str(tmp_path / "a.wav"), "--model", model_dir]) == 0
+    assert (tmp_path / "a.roundtrip.wav").is_file()
+
+
+CACHE_DRIVER = r"""
+import json, sys
+import jax
+from jax import monitoring
+counts = {"hit": 0, "miss": 0}
+def listen(event, **kwargs):
+    if event == "/jax/compilation_cache/cache_hits":
+        counts["hit"] += 1
+    elif event == "/jax/compilation_cache/cache_misses":
+        counts["miss"] += 1
+monitoring.register_event_listener(listen)
+from hificodec_jax import cli
+cli.main(sys.argv[1:])
+print("COUNTS " + json.dumps(counts))
+"""
+
+
+def test_a_second_cli_call_compiles_nothing(model_dir, tmp_path):
+    sf.write(tmp_path / "a.wav", synthetic_speech(16000, 0.3), 16000)
+    env = {k: v for k, v in os.environ.items() if k != "HIFICODEC_TEST_XLA_CACHE"}
+    env["HIFICODEC_JAX_CACHE"] = str(tmp_path / "cache")
+
+    def counts():
+        argv = ["encode", str(tmp_path / "a.wav"), "--model", model_dir, "--overwrite"]
+        proc = subprocess.run(
+            [sys.executable, "-c", CACHE_DRIVER, *argv], env=env, capture_output=True,
+            text=True, timeout=600, cwd=REPO,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        line = next(x for x in proc.stdout.splitlines() if x.startswith("COUNTS "))
+        return json.loads(line[7:])
+
+    first, second = counts(), counts()
+    assert first["miss"] > 0 and first["hit"] == 0, first
+    assert second == {"hit": first["miss"], "miss": 0}, (first, second)
+    assert (tmp_path / "cache").is_dir()

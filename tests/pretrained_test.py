@@ -291,9 +291,7 @@ def test_offline_uses_the_cache_and_says_what_to_do_without_it(online, hub, expe
     )
 
 
-def test_an_unreachable_hub_answers_at_once_from_the_cache_or_with_what_to_do(
-    online, expected_id
-):
+def test_an_unreachable_hub_answers_at_once_from_the_cache_or_with_what_to_do(online, expected_id):
     # No server on this port: the connection is refused, as on a machine without network.
     hf_home, _, _ = online
     closed = socket.socket()

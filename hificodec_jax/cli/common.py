@@ -144,11 +144,13 @@ def refuse_bad(bad: dict[str, str], total: int, strict: bool) -> set[str]:
     (exit 2, nothing written). Returns the files to skip."""
     if not bad:
         return set()
-    for path, reason in bad.items():
+    items = list(bad.items())
+    stop = strict or len(bad) == total
+    for path, reason in items[1:] if stop else items:
         note(f"{path}: {reason}")
-    if strict or len(bad) == total:
-        first, why = next(iter(bad.items()))
-        more = f" (and {len(bad) - 1} more bad inputs)" if len(bad) > 1 else ""
+    if stop:
+        first, why = items[0]
+        more = f" (and the {len(bad) - 1} bad inputs above)" if len(bad) > 1 else ""
         raise CliError(f"{first}: {why}{more}; nothing written")
     return set(bad)
 

@@ -48,15 +48,21 @@ class Failures:
 
     def __init__(self, skipped: set[str]):
         self.failed = set(skipped)
+        self.first: str | None = None
 
     def __call__(self, key, error: Exception) -> None:
         src = key[0] if isinstance(key, tuple) else key
-        common.note(f"{src}: {error}")
+        message = str(error) if src in str(error) else f"{src}: {error}"
+        common.note(message)
         self.failed.add(src)
+        self.first = self.first or message
 
     def status(self, total: int) -> int:
+        """0, or 1 when some inputs failed; a :class:`CliError` (status 1) when all did."""
         if not self.failed:
             return 0
+        if len(self.failed) == total and self.first is not None:
+            raise common.CliError(self.first, common.EXIT_FAILED)
         common.note(f"{len(self.failed)} of {total} inputs failed (named above)")
         return common.EXIT_FAILED
 

@@ -10,13 +10,20 @@ KINDS = ("libritts", "vctk", "aishell", "generic")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kind", choices=KINDS, required=True)
+    p.add_argument("--kind", choices=KINDS, required=True, help="the corpus's layout")
     p.add_argument("--root", required=True, help="your local copy of the corpus")
     p.add_argument("--out", required=True, help="output data directory")
-    p.add_argument("--sample_rate", type=int, default=16000)
-    p.add_argument("--held_out_fraction", type=float, default=0.02)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split_by", choices=("speaker", "utterance"), default="speaker")
+    p.add_argument("--sample_rate", type=int, default=16000, help="the model's rate (Hz)")
+    p.add_argument(
+        "--held_out_fraction", type=float, default=0.02, help="share of the validation split"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out hash")
+    p.add_argument(
+        "--split_by",
+        choices=("speaker", "utterance"),
+        default="speaker",
+        help="hold out whole speakers (default) or single utterances",
+    )
     p.add_argument("--subsets", default="", help="comma-separated, e.g. train-clean-100")
     p.add_argument("--mic", default="mic1", help="VCTK microphone")
     p.add_argument("--num_workers", type=int, default=4, help="decoding threads")
