@@ -88,19 +88,20 @@ def build_codec(
     return codec if has_encoder else DecoderOnlyCodec.of(codec)
 
 
-def variable_shapes(
-    config: ml_collections.ConfigDict, *, weight_norm: bool = True, has_encoder: bool = True
-) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Flat ``"params/decoder/conv_pre/weight_v" -> (shape, dtype)`` of the variables the
-    config's codec expects (traced, not computed)."""
-    codec = build_codec(config, weight_norm=weight_norm)
+def variable_shapes(codec: Codec) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Flat ``"params/decoder/conv_pre/weight_v" -> (shape, dtype)`` of the variables ``codec``
+    expects (traced, not computed; a decoder-only codec expects no ``params/encoder``)."""
     dummy = jax.ShapeDtypeStruct((1, codec.hop), np.float32)
-    shapes = jax.eval_shape(codec.init, jax.random.key(0), dummy)
+    full = codec if not isinstance(codec, DecoderOnlyCodec) else Codec(
+        encoder=codec.encoder.clone(), quantizer=codec.quantizer.clone(),
+        decoder=codec.decoder.clone(), hop=codec.hop,
+    )  # fmt: skip
+    shapes = jax.eval_shape(full.init, jax.random.key(0), dummy)
     out = {
         "/".join(str(p.key) for p in path): (tuple(s.shape), np.dtype(s.dtype))
         for path, s in jax.tree_util.tree_flatten_with_path(shapes)[0]
     }
-    if not has_encoder:
+    if isinstance(codec, DecoderOnlyCodec):
         out = {p: v for p, v in out.items() if not p.startswith("params/encoder/")}
     return out
 

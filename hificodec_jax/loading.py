@@ -20,7 +20,7 @@ import ml_collections
 
 from hificodec_jax.factory import build_codec
 from hificodec_jax.hub import resolve
-from hificodec_jax.model_dir import ModelLoadError, read_model
+from hificodec_jax.model_dir import ModelLoadError, check_structure, read_model
 from hificodec_jax.models.codec import Codec
 from hificodec_jax.models.layers import fold_weight_norm
 
@@ -78,13 +78,16 @@ def load(
     config = files.config
     config.precision = precision
     variables = files.variables
-    if inference:
-        if files.weight_norm:
-            variables = {**variables, "params": fold_weight_norm(variables["params"])}
-    elif not files.weight_norm:
+    if not inference and not files.weight_norm:
         raise ModelLoadError(
             f"{files.directory}: the model was saved with folded weights; load it with "
             "inference=True"
         )
     codec = build_codec(config, weight_norm=not inference, has_encoder=files.has_encoder)
+    try:
+        if inference and files.weight_norm:
+            variables = {**variables, "params": fold_weight_norm(variables["params"])}
+        check_structure(variables, codec, where=str(files.directory))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelLoadError(f"config and variables do not fit: {e}") from e
     return Model(codec, jax.device_put(variables), config, files.model_id, files.directory)

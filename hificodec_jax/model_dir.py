@@ -17,8 +17,8 @@ the first 16 bytes of a SHA-256 over the stored variables (every leaf, in sorted
 path, dtype, shape and bytes), so two directories holding the same weights have the same id,
 whatever their format version. :func:`read_model` reads each file once: it checks the file
 sizes against ``files`` first (a truncated or missing file is reported as such), then
-recomputes the id and refuses arrays that no longer match, and that config and variables fit
-together. Nothing here knows model names or the Hub (:mod:`hificodec_jax.hub`), and nothing
+recomputes the id and refuses arrays that no longer match (:func:`check_structure` tells whether
+config and variables fit together, once a codec is built). Nothing here knows model names or the Hub (:mod:`hificodec_jax.hub`), and nothing
 builds a codec (:func:`hificodec_jax.load`).
 """
 
@@ -41,7 +41,13 @@ import numpy as np
 import safetensors.numpy
 
 from hificodec_jax import __version__
-from hificodec_jax.factory import CONFIG_FILE, config_from_json, config_to_json, variable_shapes
+from hificodec_jax.factory import (
+    CONFIG_FILE,
+    build_codec,
+    config_from_json,
+    config_to_json,
+    variable_shapes,
+)
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -149,9 +155,9 @@ def model_id(directory_or_variables) -> bytes:
     return _hash(host_variables(directory_or_variables))
 
 
-def check_structure(leaves: dict, config, *, weight_norm: bool, has_encoder: bool, where) -> None:
-    """Raise ValueError naming the first leaf that the config's codec does not expect."""
-    want = variable_shapes(config, weight_norm=weight_norm, has_encoder=has_encoder)
+def check_structure(variables, codec, where: str) -> None:
+    """Raise ValueError naming the first leaf of ``variables`` that ``codec`` does not expect."""
+    want, leaves = variable_shapes(codec), flat(variables)
     for path, x in leaves.items():
         if path not in want:
             raise ValueError(f"{where}: variable {path!r} is not in the config's model")
@@ -201,9 +207,8 @@ def save_model(
         raise ValueError(f"variable {bad[0]!r} has NaN or infinite values; model not saved")
     has_encoder = "encoder" in host["params"]
     weight_norm = is_weight_normed(host["params"])
-    check_structure(
-        leaves, config, weight_norm=weight_norm, has_encoder=has_encoder, where="save_model"
-    )
+    codec = build_codec(config, weight_norm=weight_norm, has_encoder=has_encoder)
+    check_structure(host, codec, where="save_model")
     ident = _hash(host).hex()
     meta = {
         "format_version": FORMAT_VERSION,
@@ -366,7 +371,7 @@ def read_model(directory: str | os.PathLike) -> ModelFiles:
     """Meta, config and variables of a model directory, each file read once and verified.
 
     Errors: :class:`ModelNotFoundError` (no directory, missing files), :class:`ModelLoadError`
-    (corrupt or modified weights, unknown format version, config and weights that do not fit).
+    (corrupt or modified weights, unknown format version).
     """
     directory = Path(directory)
     meta = _read_meta(directory)
@@ -384,12 +389,4 @@ def read_model(directory: str | os.PathLike) -> ModelFiles:
             f"{directory}: the stored arrays do not match the model id {meta['model_id']} in "
             f"{META_FILE} (corrupt or modified weights)"
         )
-    files = ModelFiles(directory, meta, config, variables)
-    try:
-        check_structure(
-            flat(variables), config, weight_norm=files.weight_norm,
-            has_encoder=files.has_encoder, where=str(directory),
-        )  # fmt: skip
-    except ValueError as e:
-        raise ModelLoadError(f"config and variables do not fit: {e}") from e
-    return files
+    return ModelFiles(directory, meta, config, variables)

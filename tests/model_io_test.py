@@ -16,7 +16,7 @@ from helpers import config, fast_init, noise
 from pth_writer import write_pth
 
 import hificodec_jax
-from hificodec_jax import loading, model_dir
+from hificodec_jax import hub, loading, model_dir, presets
 from hificodec_jax.models.codec import MissingEncoderError
 from hificodec_jax.reference import convert
 from hificodec_jax.reference.convert import CheckpointMismatchError, flax_to_torch
@@ -333,3 +333,45 @@ def test_truncated_pth_raises_a_clear_error(pth, tmp_path):
     assert not (tmp_path / "cut").exists()
     with pytest.raises(FileNotFoundError):
         convert.convert_checkpoint(tmp_path / "none.pth", config("tiny"), tmp_path / "none")
+
+
+def test_loading_reads_each_file_once_and_builds_the_codec_once(saved, monkeypatch):
+    """By directory and by released name: model.json, config.json and the weights are each
+    read once, and one codec is built."""
+    import pathlib
+
+    import safetensors.numpy
+
+    from hificodec_jax import factory
+
+    reads: list[str] = []
+    real_read_text, real_load_file = pathlib.Path.read_text, safetensors.numpy.load_file
+    real_build = factory.build_codec
+    monkeypatch.setattr(
+        pathlib.Path,
+        "read_text",
+        lambda self, *a, **k: reads.append(self.name) or real_read_text(self, *a, **k),
+    )
+    monkeypatch.setattr(
+        safetensors.numpy,
+        "load_file",
+        lambda path, *a, **k: (
+            reads.append(pathlib.Path(path).name) or real_load_file(path, *a, **k)
+        ),
+    )
+    builds = []
+    monkeypatch.setattr(
+        loading, "build_codec", lambda *a, **k: builds.append(1) or real_build(*a, **k)
+    )
+    monkeypatch.setattr(hub, "download", lambda name, **k: str(saved))
+    monkeypatch.setitem(
+        presets.PRESETS,
+        "test-name",
+        presets.PRESETS["hificodec-16k-320d"],
+    )
+    for model in (str(saved), "test-name"):
+        reads.clear()
+        builds.clear()
+        codec, variables = loading.load(model)
+        assert sorted(reads) == ["config.json", "model.json", "model.safetensors"], model
+        assert builds == [1], model
