@@ -121,7 +121,10 @@ def test_preempted_run_resumes_bit_exactly(data_dir, tmp_path, caplog):
     # Running the finished job again does nothing (no compile) and returns its final state.
     caplog.clear()
     again = train_and_evaluate(tiny_train_config(data_dir, total), str(tmp_path / "a"))
-    assert f"already at step {total} (total_steps {total}): nothing to do" in caplog.text
+    assert (
+        f"already at step {total} (total_steps {total}): nothing to do (to train longer, run "
+        "the same command with a larger --config.total_steps)" in caplog.text
+    )
     assert "compiled the" not in caplog.text and "done:" not in caplog.text
     for a, b in zip(
         jax.tree.leaves(jax.device_get(again)),

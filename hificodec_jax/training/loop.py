@@ -212,7 +212,8 @@ def _finished(config, workdir: str, mesh, ckpt: Checkpointer, latest: int) -> Tr
     if not epath.Path(directory).exists():
         export(config, state, directory)
     logging.info(
-        "already at step %d (total_steps %d): nothing to do; model in %s, TensorBoard logs: "
+        "already at step %d (total_steps %d): nothing to do (to train longer, run the same "
+        "command with a larger --config.total_steps); model in %s, TensorBoard logs: "
         "tensorboard --logdir %s",
         latest,
         config.total_steps,
