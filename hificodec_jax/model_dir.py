@@ -234,7 +234,6 @@ def save_model(
         os.chmod(tmp / WEIGHTS_FILE, (tmp / CONFIG_FILE).stat().st_mode & 0o777)
         meta["files"] = {WEIGHTS_FILE: (tmp / WEIGHTS_FILE).stat().st_size}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))  # last: marks completeness
-        tmp.chmod(0o777 & ~_umask())
         if directory.exists():
             old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(directory, old)
@@ -247,12 +246,6 @@ def save_model(
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return str(directory)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _save_remote(url: str, config, variables, source: str, overwrite: bool) -> str:

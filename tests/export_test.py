@@ -155,6 +155,13 @@ def test_exported_cpu_program_matches_the_python_model(tiny_model, tmp_path):
         out = np.asarray(dec.call(codes))
         assert out.shape == (shape[0], shape[1] // 40 * 40) and out.dtype == np.float32
         np.testing.assert_allclose(out, np.asarray(decode(codes)), atol=1e-6)
+    with pytest.raises(
+        ValueError,
+        match=r"wav must have shape \[B, T\] \(float32\), got .* \(1234,\): add a batch axis",
+    ):
+        enc.call(noise((1234,), seed=0))
+    with pytest.raises(ValueError, match="codes must be int32, got float32"):
+        dec.call(np.zeros((1, 3, 4), np.float32))
 
 
 def test_export_errors(tiny_model, tmp_path):

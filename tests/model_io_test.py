@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import pathlib
 import time
 from pathlib import Path
 
@@ -375,3 +376,19 @@ def test_loading_reads_each_file_once_and_builds_the_codec_once(saved, monkeypat
         codec, variables = loading.load(model)
         assert sorted(reads) == ["config.json", "model.json", "model.safetensors"], model
         assert builds == [1], model
+
+
+def test_saved_files_get_the_usual_permissions(saved):
+    modes = {f.name: f.stat().st_mode & 0o777 for f in pathlib.Path(saved).iterdir()}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert set(modes.values()) == {0o666 & ~umask}, modes  # safetensors alone made 0600 files
+
+
+def test_load_config_takes_a_model_directory_or_its_config_json(saved):
+    expected = config("tiny").to_dict()
+    for where in (saved, pathlib.Path(saved) / "config.json"):
+        got = hificodec_jax.load_config(where).to_dict()
+        assert got["model"] == expected["model"] and got["audio"] == expected["audio"], where
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        hificodec_jax.load_config(pathlib.Path(saved).parent)

@@ -32,6 +32,7 @@ from hificodec_jax.loading import Model, load
 
 __all__ = [
     "PLATFORMS",
+    "ServedProgram",
     "check_platforms",
     "export_codec",
     "export_model",
@@ -149,10 +150,37 @@ def export_model(
     return meta
 
 
+class ServedProgram:
+    """An exported encode or decode whose :meth:`call` checks its input's rank and dtype first,
+    with an error naming the expected shape (plain ``Exported.call`` reports only a rank
+    mismatch). Other attributes are the ``jax.export.Exported``'s."""
+
+    def __init__(self, exported: jax.export.Exported, spec: dict):
+        self.exported, self.spec = exported, spec
+
+    def __getattr__(self, name):
+        return getattr(self.exported, name)
+
+    def call(self, x):
+        shape, dtype = self.spec["input"]["shape"], self.spec["input"]["dtype"]
+        if jnp.ndim(x) != len(shape):
+            raise ValueError(
+                f"{self.spec['input']['name']} must have shape [{', '.join(map(str, shape))}] "
+                f"({dtype}), got an array of shape {tuple(jnp.shape(x))}"
+                + (": add a batch axis, x[None]" if jnp.ndim(x) == len(shape) - 1 else "")
+            )
+        if jnp.result_type(x) != jnp.dtype(dtype):
+            raise ValueError(
+                f"{self.spec['input']['name']} must be {dtype}, got {jnp.result_type(x)}"
+            )
+        return self.exported.call(x)
+
+
 def load_exported(
     directory: str | os.PathLike,
-) -> tuple[dict, jax.export.Exported, jax.export.Exported]:
-    """``(meta, encode, decode)`` of a directory written by :func:`export_model`."""
+) -> tuple[dict, ServedProgram, ServedProgram]:
+    """``(meta, encode, decode)`` of a directory written by :func:`export_model`; the programs'
+    ``call`` checks the input's rank and dtype."""
     directory = Path(directory)
     path = directory / "export.json"
     if not path.is_file():
@@ -162,7 +190,8 @@ def load_exported(
     for kind in ("encode", "decode"):
         file = directory / meta[kind]["file"]
         try:
-            programs.append(jax.export.deserialize(bytearray(file.read_bytes())))
+            exported = jax.export.deserialize(bytearray(file.read_bytes()))
         except (OSError, ValueError) as e:
             raise ValueError(f"{file}: not a serialized jax.export program: {e}") from e
+        programs.append(ServedProgram(exported, meta[kind]))
     return meta, programs[0], programs[1]
