@@ -1,6 +1,6 @@
 """One training step of the reference objective from a reference checkpoint pair: every term.
 
-    python benchmarks/parity.py G_PTH DO_PTH AUDIO_NPY --config configs/grvq4.py:academicodec
+    python benchmarks/reference_step.py G_PTH DO_PTH AUDIO_NPY --config configs/grvq4.py:academicodec
 
 ``G_PTH`` / ``DO_PTH``: the reference's ``g_XXXXXXXX`` and ``do_XXXXXXXX`` files (read
 torch-free); ``AUDIO_NPY``: a float32 ``[B, L]`` batch. Runs the recipe's objective at those

@@ -1,5 +1,5 @@
 """Reference checkpoint pairs end to end: continuing a reference run in ``main``
-(``config.resume_reference``) and ``benchmarks/parity.py``'s command line.
+(``config.resume_reference``) and ``benchmarks/reference_step.py``'s command line.
 
 A tiny academicodec-recipe model's weights, spectral-norm vectors and Adam states are written
 as torch zip checkpoints in the reference's ``g_`` / ``do_`` layout and read back by the safe
@@ -143,7 +143,7 @@ def test_resume_reference_argument_errors(tmp_path):
 
 
 def test_reference_step_command_line(tmp_path):
-    """``benchmarks/parity.py G_PTH DO_PTH AUDIO_NPY --config ...`` on real ``.pth``
+    """``benchmarks/reference_step.py G_PTH DO_PTH AUDIO_NPY --config ...`` on real ``.pth``
     files (a tiny academicodec model) prints one JSON line with the fixture's scalar names;
     its terms add up as the objective does."""
     cfg = hificodec_jax.load_config(f"{TINY}:academicodec")
@@ -153,7 +153,7 @@ def test_reference_step_command_line(tmp_path):
     np.save(tmp_path / "audio.npy", noise((2, 4000), seed=3))
     argv = [str(tmp_path / n) for n in ("g.pth", "do.pth", "audio.npy")]
     out = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "parity.py"), *argv,
+        [sys.executable, str(REPO / "benchmarks" / "reference_step.py"), *argv,
          "--config", f"{TINY}:academicodec"],
         capture_output=True, text=True, check=True, cwd=tmp_path,
     )  # fmt: skip
