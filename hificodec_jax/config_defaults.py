@@ -80,6 +80,8 @@ def base_config(
     if arg == "academicodec":
         config.model.quantizer.update = "loss"  # ref: codebooks trained by gradient
     config.disc = discriminator_config()
+    if arg == "academicodec":
+        config.disc.spectral_norm_iterations = "per_call"  # ref: torch's, on every call
     config.loss = loss_config(recipe)
     config.optim = optim_config()
     config.data = ml_collections.ConfigDict(
@@ -118,6 +120,9 @@ def discriminator_config(families=("mpd", "msd", "stft")) -> ml_collections.Conf
             families=tuple(families),  # ref: MPD + MSD + MS-STFT (Encodec's, 32 filters)
             periods=(2, 3, 5, 7, 11),  # ref MPD periods
             stft_n_ffts=(1024, 2048, 512, 256, 128),  # ref MS-STFT scales
+            # MSD's spectral-norm power iterations: "per_call" = ref (4 per step), "per_step" =
+            # ours (1 per step, in the D phase; models/discriminators.SPECTRAL_NORM_ITERATIONS).
+            spectral_norm_iterations="per_step",
         )
     )
 

@@ -46,3 +46,79 @@ def pytest_collection_modifyitems(config, items):
     the training tests put into the session's compilation cache."""
     del config
     items.sort(key=lambda item: item.path.name == "multiprocess_test.py")
+
+
+# ------------------------------------------------------------------------------------- memory
+# The terminal summary reports each worker's peak resident memory (the suite must fit a shared
+# 2-core, 24 GiB machine with two workers: docs/development.md). With
+# HIFICODEC_TEST_MEMORY_LOG=FILE every test appends "node id, peak RSS in MiB, seconds" (its
+# setup, including module fixtures it builds first, call and teardown) to FILE.
+import resource  # noqa: E402
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+
+_MEMORY_LOG = os.environ.get("HIFICODEC_TEST_MEMORY_LOG")
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _hwm_mib() -> float | None:
+    """The resident high-water mark since the last :func:`_reset_hwm` (Linux), else None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_hwm() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+    except OSError:
+        pass
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if not _MEMORY_LOG:
+        yield
+        return
+    _reset_hwm()
+    start = time.perf_counter()
+    yield
+    seconds = time.perf_counter() - start
+    peak = _hwm_mib()
+    with open(_MEMORY_LOG, "a") as f:
+        f.write(f"{item.nodeid}\t{peak if peak is not None else float('nan'):.0f}\t{seconds:.1f}\n")
+
+
+def pytest_sessionfinish(session):
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker: report to the controller
+        workeroutput["peak_rss_mib"] = _peak_rss_mib()
+
+
+_WORKER_PEAKS: dict[str, float] = {}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    del error
+    peak = getattr(node, "workeroutput", {}).get("peak_rss_mib")
+    if peak is not None:
+        _WORKER_PEAKS[node.gateway.id] = peak
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    del exitstatus, config
+    peaks = _WORKER_PEAKS or {"this process": _peak_rss_mib()}
+    text = ", ".join(f"{k} {v / 1024:.1f} GiB" for k, v in sorted(peaks.items()))
+    terminalreporter.write_line(f"peak resident memory per worker: {text}")

@@ -25,6 +25,8 @@ from hificodec_jax.models.discriminators import (
     assemble,
     avg_pool_1d,
     grouped_conv1d,
+    power_iterations,
+    power_iterations_per_call,
     spectral_normalize,
     sub_discriminators,
 )
@@ -337,6 +339,43 @@ def test_sub_discriminators_one_at_a_time_equal_the_whole():
         jax.tree.leaves(spec_tree), jax.tree.leaves(whole_spec["spectral"]), strict=True
     ):
         np.testing.assert_array_equal(a, b)
+
+
+def test_separate_calls_iterate_like_torch():
+    """``calls=2`` runs the spectral-normed scale on each half as its own training-mode call (one
+    power iteration before each, torch's ``D(y)`` then ``D(y_hat)``): the halves' outputs and
+    the last vectors are two sequential calls', and the halves see different sigmas. The
+    vectors equal two stored-vector iterations (:func:`power_iterations`)."""
+    d = Discriminators(families=("msd",), msd_layers=((8, 15, 1, 1), (8, 41, 4, 4)))
+    unit = sub_discriminators(d)[0]
+    assert unit.spectral
+    real, fake = _noise((2, 400), seed=10), _noise((2, 400), seed=11, scale=0.2)
+    variables = _fake_variables(d, real)
+    params, spec = unit.subtree(variables["params"]), unit.subtree(variables["spectral"])
+    (both, both_fmaps), spec2 = unit.apply(
+        params, spec, jnp.concatenate([real, fake]), update_stats=True, calls=2
+    )
+    (lr, fr), spec_r = unit.apply(params, spec, real, update_stats=True)
+    (lf, ff), spec_f = unit.apply(params, spec_r, fake, update_stats=True)
+    np.testing.assert_array_equal(both, jnp.concatenate([lr, lf]))
+    for a, r, f in zip(both_fmaps, fr, ff, strict=True):
+        np.testing.assert_array_equal(a, jnp.concatenate([r, f]))
+    for a, b in zip(jax.tree.leaves(spec2), jax.tree.leaves(spec_f), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # one batched call: one iteration, so the fake half differs (random vectors: far from converged)
+    (one, _), spec1 = unit.apply(params, spec, jnp.concatenate([real, fake]), update_stats=True)
+    np.testing.assert_array_equal(one[:2], lr)
+    assert np.max(np.abs(one[2:] - lf)) > 1e-3 * np.max(np.abs(lf))
+    iterated = {"msd": {"discriminators_0": power_iterations(params, spec, 2)}}
+    stored = {"msd": {"discriminators_0": spec2}}
+    for a, b in zip(jax.tree.leaves(iterated), jax.tree.leaves(stored), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    with pytest.raises(ValueError, match="3 calls"):
+        unit.apply(params, spec, real, update_stats=True, calls=3)
+    assert not power_iterations_per_call(d)
+    assert power_iterations_per_call(d.clone(spectral_norm_iterations="per_call"))
+    with pytest.raises(ValueError, match="spectral_norm_iterations='torch'"):
+        power_iterations_per_call(d.clone(spectral_norm_iterations="torch"))
 
 
 def test_a_new_family_is_one_module_and_one_registry_line(monkeypatch):

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import REPO
 
 from hificodec_jax.audio import audio_io
 from hificodec_jax.data import input_pipeline
@@ -119,6 +123,47 @@ def test_batches_skip_bad_files_and_keep_going(audio_dir):
     assert stats["bad/nan.wav"].startswith("non-finite")
     assert stats["bad/tiny.wav"].startswith("too short")
     assert ledger.metrics()["data/bad_files"] == len(BAD)
+
+
+_COLD = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from hificodec_jax.data import input_pipeline
+    assert "soundfile" not in sys.modules  # the cffi binding is fresh
+    src = input_pipeline.AudioFileSource(sys.argv[1], {sr})
+    ds = input_pipeline.make_train_dataset(
+        src, segment_size={seg}, batch_size=3, seed=0, process_index=0, process_count=1,
+        num_threads=8, prefetch_buffer_size=16,
+    )
+    it = iter(ds)
+    batches = [next(it) for _ in range(8)]
+    np.savez(sys.argv[2], *[b["wav"] for b in batches])
+    """
+)
+
+
+def test_threads_start_on_a_fresh_soundfile_binding(audio_dir, tmp_path):
+    """A new process whose first soundfile use is the pipeline's eight read threads (cffi
+    builds the binding's C types on first use: the pipeline does it in the main thread
+    first) decodes the same batches as this process."""
+    out = tmp_path / "batches.npz"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path])}
+    code = _COLD.format(sr=SR, seg=SEG)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(audio_dir), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    src = input_pipeline.AudioFileSource(audio_dir, SR)
+    want = _take(iter(_train(src, num_threads=8, prefetch_buffer_size=16)), 8)
+    with np.load(out) as z:
+        got = [z[f"arr_{i}"] for i in range(8)]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w["wav"])
 
 
 def test_all_bad_raises_instead_of_hanging():

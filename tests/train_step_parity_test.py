@@ -2,8 +2,8 @@
 same step as the training-parity probe (``parity.make_reference_probe``), which
 ``training_parity_test`` proves equal to the PyTorch reference's: one step of the tiny config's
 ``academicodec`` recipe (all three discriminator families) from one state and batch, every loss
-term and gradient norm the step reports and its updated parameters against the probe's ``step/``
-terms and D step.
+term and gradient norm the step reports, its updated parameters and MSD's spectral-norm vectors
+(after torch's four power iterations) against the probe's ``step/`` terms and D step.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def _config():
     cfg.data.segment_size = 2000  # >= MS-STFT's largest n_fft (512)
     assert cfg.model.quantizer["update"] == "loss"  # codebooks trained by the loss
     assert tuple(cfg.disc.families) == ("mpd", "msd", "stft")
+    assert cfg.disc.spectral_norm_iterations == "per_call"  # torch's four power iterations
     return cfg
 
 

@@ -9,8 +9,10 @@ train / held-out split by stable hashing, and the checks that reject unusable au
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
+import io
 import os
 from collections.abc import Iterable, Sequence
 
@@ -86,6 +88,36 @@ def read_audio(path: str) -> tuple[np.ndarray, int]:
         except Exception as error:  # report both decoders' reasons
             raise RuntimeError(f"soundfile: {sf_error}; librosa: {error}") from error
     return np.ascontiguousarray(wav, dtype=np.float32), int(sr)
+
+
+@functools.cache
+def warm_up_soundfile() -> None:
+    """Realise soundfile's C types and functions once, in the calling thread.
+
+    soundfile binds libsndfile through cffi, which builds each C type and function object on its
+    first use; on GIL builds that lazy step is not guarded against threads (python-cffi/cffi
+    issue 271), so call this before threads decode (the input pipeline does). Also decodes a
+    tiny in-memory WAV, so the read path's objects exist too.
+    """
+    import soundfile as sf
+
+    ffi, lib = getattr(sf, "_ffi", None), getattr(sf, "_snd", None)
+    if ffi is not None and lib is not None:  # soundfile's private binding, when it has one
+        for name in dir(lib):
+            getattr(lib, name)
+        typedefs, structs, unions = ffi.list_types()
+        for name in typedefs:
+            ffi.typeof(name)
+        for kind, names in (("struct", structs), ("union", unions)):
+            for name in names:
+                try:
+                    ffi.sizeof(f"{kind} {name}")  # lays the struct out
+                except ffi.error:  # opaque (SNDFILE)
+                    pass
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros((16, 2), np.float32), 8000, format="WAV", subtype="PCM_16")
+    buf.seek(0)
+    sf.read(buf, dtype="float32", always_2d=True)
 
 
 def load_audio(path: str, sample_rate: int) -> np.ndarray:

@@ -319,6 +319,7 @@ def make_train_dataset(
     if len(source) < process_count:
         raise ValueError(f"{len(source)} items cannot be shared by {process_count} processes")
     min_samples = segment_size // 10 if min_samples is None else min_samples
+    audio_io.warm_up_soundfile()  # before grain's read threads decode (cffi's lazy types)
     shard = len(range(len(source))[process_index::process_count])
     guarded = _Guarded(source, bad_items or BadItems(), shard)
     crop = functools.partial(_train_item, guarded, segment_size, min_samples)  # picklable
@@ -356,6 +357,7 @@ def make_eval_dataset(
         raise ValueError("pass sample_rate= for a source without a sample_rate attribute")
     max_samples = max(int(round(max_seconds * sample_rate)), hop)
     padded_max = math.ceil(max_samples / hop) * hop
+    audio_io.warm_up_soundfile()  # before grain's read threads decode (cffi's lazy types)
     guarded = _Guarded(source, bad_items or BadItems())
 
     prepare = functools.partial(

@@ -63,14 +63,25 @@ class SubDiscriminator:
         out = module(wav, update_stats=update_stats) if self.spectral else module(wav)
         return out if self.dtype is None else jax.tree.map(lambda a: a.astype(jnp.float32), out)
 
-    def apply(self, params, spectral, wav: jax.Array, *, update_stats: bool = False):
+    def apply(self, params, spectral, wav: jax.Array, *, update_stats: bool = False, calls=1):
         """``wav [B, T] -> ((logits, fmaps), new spectral subtree)`` with this one's variables.
 
         Equals the corresponding entry of the family's (and ``Discriminators``') output
-        (``params``/``spectral`` are this sub-discriminator's subtrees).
+        (``params``/``spectral`` are this sub-discriminator's subtrees). ``calls > 1``: ``wav``
+        stacks that many calls' batches (equal sizes) along the batch axis, and a spectral-normed
+        unit with ``update_stats`` runs them one after another, one power iteration before each
+        (torch's training-mode calls); the returned vectors are the last call's.
         """
         if not self.spectral:
             return self.module.apply({"params": params}, wav, method=self._call_plain), {}
+        if update_stats and calls > 1:
+            if wav.shape[0] % calls:
+                raise ValueError(f"batch of {wav.shape[0]} does not split into {calls} calls")
+            outs = []
+            for part in jnp.split(wav, calls):
+                out, spectral = self.apply(params, spectral, part, update_stats=True)
+                outs.append(out)
+            return jax.tree.map(lambda *a: jnp.concatenate(a), *outs), spectral
         out, upd = self.module.apply(
             {"params": params, "spectral": spectral},
             wav,

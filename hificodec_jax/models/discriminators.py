@@ -39,6 +39,7 @@ from hificodec_jax.models.scale_discriminator import (
     ScaleDiscriminator,
     avg_pool_1d,
     grouped_conv1d,
+    power_iterations,
     spectral_normalize,
 )
 from hificodec_jax.models.stft_discriminator import (
@@ -49,6 +50,8 @@ from hificodec_jax.models.stft_discriminator import (
 
 __all__ = [
     "FAMILIES",
+    "SPECTRAL_NORM_ITERATIONS",
+    "power_iterations_per_call",
     "FAMILY_MODULES",
     "REGISTRY",
     "DiscriminatorFamily",
@@ -67,6 +70,7 @@ __all__ = [
     "ScaleDiscriminator",
     "avg_pool_1d",
     "grouped_conv1d",
+    "power_iterations",
     "spectral_normalize",
 ]
 
@@ -104,6 +108,9 @@ class Discriminators(nn.Module):
     stft_filters: int = 32
     # Compute dtype of every sub-discriminator; the logits and feature maps come back float32.
     dtype: jnp.dtype = jnp.float32
+    # When a train step runs MSD's spectral-norm power iteration (read by the train step, see
+    # SPECTRAL_NORM_ITERATIONS): "per_call" as torch, "per_step" (ours) once per step.
+    spectral_norm_iterations: str = "per_step"
 
     def setup(self):
         for fam in family_modules(self).values():
@@ -120,6 +127,26 @@ class Discriminators(nn.Module):
             for name in self.families
         }
         return jax.tree.map(lambda a: a.astype(jnp.float32), out)
+
+
+# Deviation, "per_step": one power iteration per train step, on the D phase's one call of the
+# batched real and generated audio; the G phase reuses those vectors (three fewer iterations).
+SPECTRAL_NORM_ITERATIONS = {
+    "per_call": "one before every call, as torch's spectral_norm in training mode: D(real) and "
+    "D(generated) are separate calls, in the D phase and again in the G phase (4 per step)",
+    "per_step": "one per train step, in the D phase's call on real and generated audio "
+    "batched together; the G phase uses those vectors",
+}
+
+
+def power_iterations_per_call(discs: Discriminators) -> bool:
+    """Whether a train step runs ``discs``' power iterations torch's way (``"per_call"``)."""
+    mode = discs.spectral_norm_iterations
+    if mode not in SPECTRAL_NORM_ITERATIONS:
+        raise ValueError(
+            f"disc.spectral_norm_iterations={mode!r}: use one of {sorted(SPECTRAL_NORM_ITERATIONS)}"
+        )
+    return mode == "per_call"
 
 
 def family_modules(discs: Discriminators) -> dict[str, DiscriminatorFamily]:

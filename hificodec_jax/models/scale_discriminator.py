@@ -20,9 +20,11 @@ and ``bias``; the power-iteration vectors live in the non-trainable ``"spectral"
 directions). ``W_sn = W / (u . W v)`` with ``W`` torch's ``(C_out, C_in/G * K)`` matrix. Pass
 ``update_stats=True`` with ``mutable=["spectral"]`` to run one power iteration first (torch's
 training mode); with ``update_stats=False`` the stored vectors are used (torch's eval mode).
-Deviation: torch runs one iteration per sub-discriminator *call*, i.e. separately for
-``D(y)`` and ``D(y_hat)`` (and again in the G phase); a caller batching real and fake together
-gets one iteration per batched call. flax's ``nn.SpectralNorm`` was not used: it stores only
+torch runs one iteration per sub-discriminator *call*, i.e. separately for ``D(y)`` and
+``D(y_hat)`` (and again in the G phase); a caller batching real and fake together gets one
+iteration per batched call, unless it runs the halves as separate calls
+(``SubDiscriminator.apply(..., calls=2)``) or iterates the stored vectors itself
+(:func:`power_iterations`). flax's ``nn.SpectralNorm`` was not used: it stores only
 ``u`` and runs the power iteration on every call (``update_stats`` only controls storing), so
 torch's eval mode (stored ``weight_u``/``weight_v``, no iteration) could not be reproduced.
 """
@@ -49,6 +51,7 @@ __all__ = [
     "ScaleDiscriminator",
     "avg_pool_1d",
     "grouped_conv1d",
+    "power_iterations",
     "spectral_normalize",
 ]
 
@@ -101,6 +104,20 @@ def spectral_normalize(
     u, v = jax.lax.stop_gradient(u), jax.lax.stop_gradient(v)
     sigma = jnp.dot(u, jnp.matmul(w, v, precision=_HI), precision=_HI)
     return kernel / sigma, u, v, sigma
+
+
+def power_iterations(params, spectral, n: int = 1):
+    """``spectral`` (a tree of ``{"u", "v"}`` beside ``params``' ``kernel`` s, e.g. a
+    ``Discriminators``' ``"spectral"`` collection) after ``n`` more power iterations on the
+    kernels: what ``n`` training-mode calls of each spectral-normed conv would store."""
+
+    def walk(p, s):
+        if "u" in s and "v" in s:
+            _, u, v, _ = spectral_normalize(p["kernel"], s["u"], s["v"], n_power_iterations=n)
+            return {"u": u, "v": v}
+        return {k: walk(p[k], s[k]) for k in s}
+
+    return walk(params, spectral) if n else spectral
 
 
 def avg_pool_1d(x: jax.Array, window: int = 4, stride: int = 2, pad: int = 2) -> jax.Array:

@@ -24,7 +24,6 @@ import optax
 
 from hificodec_jax import factory
 from hificodec_jax.models import discriminators
-from hificodec_jax.models.scale_discriminator import spectral_normalize
 from hificodec_jax.reference import training_import as reference_import
 from hificodec_jax.training import optim
 from hificodec_jax.training import step as train_step
@@ -34,7 +33,6 @@ __all__ = [
     "SCALAR_NAMES",
     "make_reference_probe",
     "reference_terms",
-    "refresh_spectral",
     "scalar_terms",
 ]
 
@@ -96,37 +94,22 @@ def _g_terms(parts: dict, grads) -> dict[str, jax.Array]:
     return out
 
 
-def refresh_spectral(d_params, spectral, n_power_iterations: int):
-    """``spectral`` after ``n_power_iterations`` more power iterations on ``d_params``' kernels."""
-
-    def walk(p, s):
-        if "u" in s and "v" in s:
-            _, u, v, _ = spectral_normalize(
-                p["kernel"], s["u"], s["v"], n_power_iterations=n_power_iterations
-            )
-            return {"u": u, "v": v}
-        return {k: walk(p[k], s[k]) for k in s}
-
-    return walk(d_params, spectral) if n_power_iterations else spectral
-
-
 def make_reference_probe(
     codec: nn.Module,
     discs: discriminators.Discriminators,
     tx_d: optax.GradientTransformation,
     config: ml_collections.ConfigDict,
-    *,
-    g_phase_power_iterations: int = 0,
 ):
     """``probe(state, wav [B, T]) -> {"init/...": array, "step/...": array}`` (jittable).
 
     ``state`` is a :class:`~hificodec_jax.training.step.TrainState` (its ``d_opt_state`` is
-    ``tx_d``'s); the batch has no padding (``lengths = T``). Like the train step, the G phase
-    uses MSD's spectral-norm vectors from the D phase; ``g_phase_power_iterations > 0`` runs
-    that many power iterations on the G phase's D weights first, as the reference's
-    training-mode calls do (to show that this alone explains the ``step/`` MSD terms' gap).
+    ``tx_d``'s); the batch has no padding (``lengths = T``). MSD's spectral-norm power
+    iterations follow ``discs.spectral_norm_iterations`` as in the train step. Also returns
+    ``wav_hat``, ``d_spectral`` (the vectors after the D phase), ``step_d_params`` and
+    ``step_spectral`` (D's parameters and vectors after the whole step).
     """
     units = discriminators.sub_discriminators(discs)
+    per_call = discriminators.power_iterations_per_call(discs)
     d_loss_fn = train_step.adversarial_losses(config.loss)[0]
 
     def probe(state: train_step.TrainState, wav: jax.Array) -> dict[str, jax.Array]:
@@ -143,6 +126,7 @@ def make_reference_probe(
             jnp.concatenate([target, jax.lax.stop_gradient(wav_hat)]),
             d_loss_fn,
             with_logits=True,
+            per_call=per_call,
         )
         d_loss = sum(v for k, v in d_parts.items() if k.startswith("loss/"))
         d_params, _, spectral, _, _ = train_step._update_if_finite(
@@ -161,16 +145,24 @@ def make_reference_probe(
         d_terms["gnorm_d"] = optax.tree.norm(d_grads)
         for name in ("grad_mpd", "grad_msd", "grad_mstftd"):
             d_terms[name] = _probe(d_grads, name)
-        out = {}
+        out = {"wav_hat": wav_hat, "d_spectral": spectral, "step_d_params": d_params}
         for prefix, dp in (("init", state.d_params), ("step", d_params)):
-            sp = refresh_spectral(dp, spectral, g_phase_power_iterations)
+            sp_real, sp_fake = train_step.g_phase_spectral(dp, spectral, per_call=per_call)
             g_parts, _, g_grads = train_step.generator_gradients(
-                units, dp, sp, target, wav_hat, lengths, q_loss, g_vjp, config
+                units,
+                dp,
+                sp_real,
+                target,
+                wav_hat,
+                lengths,
+                q_loss,
+                g_vjp,
+                config,
+                spectral_fake=sp_fake,
             )
             terms = {**d_terms, **_g_terms(g_parts, g_grads)}
             out.update({f"{prefix}/{k}": v for k, v in terms.items()})
-        out["wav_hat"] = wav_hat
-        out["step_d_params"], out["step_spectral"] = d_params, spectral
+            out["step_spectral"] = sp_fake  # the step's ("step" comes last)
         return out
 
     return probe
@@ -188,13 +180,13 @@ def reference_terms(
     config: ml_collections.ConfigDict,
     *,
     fresh_stft: bool = False,
-    g_phase_power_iterations: int = 0,
 ) -> dict[str, np.ndarray]:
     """A reference ``g_`` + ``do_`` pair (as ``load_pth`` returns them) and a batch
     ``wav [B, T]`` -> every term of :func:`make_reference_probe` (numpy), through the importer
     a resumed run uses (:func:`~hificodec_jax.reference.training_import.import_reference_training`).
 
-    Also holds ``wav_hat`` and ``step_d_params`` / ``step_spectral`` (D after its step).
+    Also holds ``wav_hat``, ``d_spectral`` and ``step_d_params`` / ``step_spectral`` (D after
+    the step).
     """
     wav = np.asarray(wav, np.float32)
     if wav.ndim != 2:
@@ -218,7 +210,5 @@ def reference_terms(
         rng=jax.random.key_data(jax.random.key(config.seed)),
         skipped=jnp.zeros((2,), jnp.int32),
     )
-    probe = make_reference_probe(
-        codec, discs, tx_d, config, g_phase_power_iterations=g_phase_power_iterations
-    )
+    probe = make_reference_probe(codec, discs, tx_d, config)
     return jax.tree.map(np.asarray, jax.jit(probe)(state, wav))

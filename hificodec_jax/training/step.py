@@ -12,9 +12,12 @@ The phases are functions of their own (:func:`generator_forward`,
 :mod:`~hificodec_jax.reference.parity` runs in the same order to compare every term with
 the reference's training-parity fixture.
 
-Deviations (documented in docs/deviations.md): D sees real and fake as one concatenated batch (one
-spectral-norm power iteration per D step; the reference iterates on each of its calls), and a
-non-finite loss or gradient skips that update (counted in ``skipped``) instead of crashing.
+Deviations (documented in docs/deviations.md): D sees real and fake as one concatenated batch,
+and with ``disc.spectral_norm_iterations="per_step"`` (the default recipe's) MSD's spectral norm
+runs one power iteration per step there, which the G phase reuses; ``"per_call"`` (the
+academicodec recipe's) runs one before each of the reference's four calls (real and fake, D and
+G phase). A non-finite loss or gradient skips that update (counted in ``skipped``) instead of
+crashing.
 Optional, off by default: ``loss.reuse_real_features`` takes the G phase's feature-matching
 targets from the D phase's forward pass on the real audio (D before its update) instead of a
 second forward pass with the updated D (one forward pass per sub-discriminator less).
@@ -100,6 +103,7 @@ def discriminator_gradients(
     *,
     keep_real_fmaps: bool = False,
     with_logits: bool = False,
+    per_call: bool = False,
 ):
     """D losses and gradients on ``d_in = concat([real, fake])``, one sub-discriminator at a time.
 
@@ -111,6 +115,8 @@ def discriminator_gradients(
     feature maps of the real half of ``d_in`` from this forward pass (for
     ``loss.reuse_real_features``). ``with_logits`` adds each sub-discriminator's mean logit on
     the real and the fake half as ``parts["logits/<family>_<index>_{real,fake}"]``.
+    ``per_call`` runs a spectral-normed sub-discriminator on the real and the fake half as two
+    calls, one power iteration before each (torch's), instead of one call and one iteration.
     """
     b = d_in.shape[0] // 2
     parts, grads, new_spectral, real_fmaps, previous = {}, [], [], [], None
@@ -118,7 +124,11 @@ def discriminator_gradients(
 
         def objective(p, unit=unit, x=d_in, previous=previous):
             (logits, fmaps), spec = unit.apply(
-                p, unit.subtree(spectral), _after(x, previous), update_stats=True
+                p,
+                unit.subtree(spectral),
+                _after(x, previous),
+                update_stats=True,
+                calls=2 if per_call else 1,
             )
             real = [sg(f[:b]) for f in fmaps] if keep_real_fmaps else []
             means = (jnp.mean(logits[:b]), jnp.mean(logits[b:]))
@@ -145,7 +155,7 @@ def discriminator_gradients(
 
 
 def adversarial_wave_gradient(
-    units, d_params, spectral, target, wav_hat, g_adv_fn, lc, real_fmaps=None
+    units, d_params, spectral, target, wav_hat, g_adv_fn, lc, real_fmaps=None, spectral_fake=None
 ):
     """Adversarial + feature-matching losses of ``wav_hat`` and their gradient w.r.t. it.
 
@@ -155,7 +165,8 @@ def adversarial_wave_gradient(
     here, as in the reference, so the backward pass covers the fake half only. ``real_fmaps``
     (per unit, e.g. from :func:`discriminator_gradients` with ``keep_real_fmaps``) replaces
     the forward pass on ``target``: the feature-matching targets then come from whichever
-    parameters produced them, not from ``d_params``.
+    parameters produced them, not from ``d_params``. ``spectral_fake`` (default ``spectral``):
+    the spectral-norm vectors of the calls on ``wav_hat``, ``spectral`` those on ``target``.
     Returns ``(parts, dL/dwav_hat)`` with ``parts["loss/adv_<family>"]``,
     ``parts["loss/fm_<family>"]`` (per family, as ``feature_matching_loss`` over all of the
     family's sub-discriminators) and ``parts["loss/adversarial_total"]`` (the weighted sum
@@ -168,12 +179,13 @@ def adversarial_wave_gradient(
     parts, total, dwav, previous = {}, 0.0, None, None
     for i, unit in enumerate(units):
         p, sp = unit.subtree(d_params), unit.subtree(spectral)
+        sp_fake = sp if spectral_fake is None else unit.subtree(spectral_fake)
         if real_fmaps is None:
             (_, real), _ = unit.apply(p, sp, sg(_after(target, previous)))
         else:
             real = real_fmaps[i]
 
-        def objective(wh, unit=unit, p=p, sp=sp, real=real, previous=previous):
+        def objective(wh, unit=unit, p=p, sp=sp_fake, real=real, previous=previous):
             (logits, fmaps), _ = unit.apply(p, sp, _after(wh, previous))
             adv = g_adv_fn([logits])
             fm_sum, _ = losses.feature_matching_terms([real], [fmaps], normalized=normalized)
@@ -224,7 +236,17 @@ def generator_forward(codec: nn.Module, g_params, vq, wav, lengths, rng):
 
 
 def generator_gradients(
-    units, d_params, spectral, target, wav_hat, lengths, q_loss, g_vjp, config, real_fmaps=None
+    units,
+    d_params,
+    spectral,
+    target,
+    wav_hat,
+    lengths,
+    q_loss,
+    g_vjp,
+    config,
+    real_fmaps=None,
+    spectral_fake=None,
 ):
     """The G phase against discriminators ``d_params``: ``(parts, g_loss, g_grads)``.
 
@@ -232,14 +254,15 @@ def generator_gradients(
     (:func:`adversarial_wave_gradient`), the mel (and optional waveform L1) terms, and the
     quantizer loss; ``g_grads`` is the whole objective's gradient pulled back through ``g_vjp``
     (from :func:`generator_forward`). ``parts`` holds every ``loss/...`` term, ``loss/quantizer``
-    and ``loss/g_total``.
+    and ``loss/g_total``. ``spectral`` / ``spectral_fake``: see
+    :func:`adversarial_wave_gradient` (:func:`g_phase_spectral` makes them).
     """
     lc = config.loss
     sr = config.audio.sample_rate
     resolutions = losses.reference_mel_resolutions(sr)
     g_adv_fn = adversarial_losses(lc)[1]
     g_parts, dwav_adv = adversarial_wave_gradient(
-        units, d_params, spectral, target, wav_hat, g_adv_fn, lc, real_fmaps
+        units, d_params, spectral, target, wav_hat, g_adv_fn, lc, real_fmaps, spectral_fake
     )
 
     def wave_objective(wav_hat):
@@ -262,6 +285,17 @@ def generator_gradients(
     g_parts["loss/quantizer"] = q_loss
     g_parts["loss/g_total"] = g_loss
     return g_parts, g_loss, g_grads
+
+
+def g_phase_spectral(d_params, spectral, *, per_call: bool, reuse_real: bool = False):
+    """MSD's spectral-norm vectors ``(real, fake)`` for the G phase's calls on the real and the
+    generated audio: the D phase's ``spectral``, or with ``per_call`` one more power iteration
+    on ``d_params`` before each call, as torch's training-mode calls (no real call with
+    ``loss.reuse_real_features``). The fake ones are what the step stores."""
+    if not per_call:
+        return spectral, spectral
+    real = spectral if reuse_real else discriminators.power_iterations(d_params, spectral, 1)
+    return real, discriminators.power_iterations(d_params, real, 1)
 
 
 def _update_if_finite(tx, loss, grads, params, opt_state, extra_new, extra_old):
@@ -308,6 +342,7 @@ def make_train_step(
     # Deviation, off by default: feature-matching targets from the D phase's forward pass on
     # the real audio (D before its update) instead of a second forward with the updated D.
     reuse_real = bool(lc.get("reuse_real_features", False))
+    per_call = discriminators.power_iterations_per_call(discs)
     q_cfg = config.model.quantizer
     names = stream_names(q_cfg.num_levels * q_cfg.num_groups, q_cfg.num_groups)
 
@@ -330,6 +365,7 @@ def make_train_step(
             jnp.concatenate([target, sg(wav_hat)]),
             d_loss_fn,
             keep_real_fmaps=reuse_real,
+            per_call=per_call,
         )
         d_loss = sum(d_parts.values())
         d_params, d_opt_state, spectral, d_grad_norm, d_ok = _update_if_finite(
@@ -340,8 +376,21 @@ def make_train_step(
         metrics["grad_norm/d"] = d_grad_norm
 
         # -- G step against the updated D -----------------------------------------------------
+        sp_real, spectral = g_phase_spectral(
+            d_params, spectral, per_call=per_call, reuse_real=reuse_real
+        )
         g_parts, g_loss, g_grads = generator_gradients(
-            units, d_params, spectral, target, wav_hat, lengths, q_loss, g_vjp, config, real_fmaps
+            units,
+            d_params,
+            sp_real,
+            target,
+            wav_hat,
+            lengths,
+            q_loss,
+            g_vjp,
+            config,
+            real_fmaps,
+            spectral_fake=spectral,
         )
         g_params, g_opt_state, vq, g_grad_norm, g_ok = _update_if_finite(
             tx_g, g_loss, g_grads, state.g_params, state.g_opt_state, vq_new, state.vq
