@@ -60,10 +60,14 @@ import time  # noqa: E402
 
 import pytest  # noqa: E402
 
-from hificodec_jax.training.host_memory import peak_rss_mib as _peak_rss_mib  # noqa: E402
-from hificodec_jax.training.host_memory import release_freed_memory  # noqa: E402
+from hificodec_jax.training.host_memory import peak_rss_mib, release_freed_memory  # noqa: E402
 
 _MEMORY_LOG = os.environ.get("HIFICODEC_TEST_MEMORY_LOG")
+_LOGGED_PEAK = [0.0]  # resetting VmHWM also resets what getrusage reports: keep the maximum
+
+
+def _peak_rss_mib() -> float:
+    return max(peak_rss_mib(), _LOGGED_PEAK[0])
 
 
 def pytest_configure(config):
@@ -128,6 +132,7 @@ def pytest_runtest_protocol(item, nextitem):
     yield
     seconds = time.perf_counter() - start
     peak = _hwm_mib()
+    _LOGGED_PEAK[0] = max(_LOGGED_PEAK[0], peak or 0.0)
     with open(_MEMORY_LOG, "a") as f:
         f.write(f"{item.nodeid}\t{peak if peak is not None else float('nan'):.0f}\t{seconds:.1f}\n")
 
