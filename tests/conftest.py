@@ -49,21 +49,57 @@ def pytest_collection_modifyitems(config, items):
 
 
 # ------------------------------------------------------------------------------------- memory
-# The terminal summary reports each worker's peak resident memory (the suite must fit a shared
-# 2-core, 24 GiB machine with two workers: docs/development.md). With
-# HIFICODEC_TEST_MEMORY_LOG=FILE every test appends "node id, peak RSS in MiB, seconds" (its
-# setup, including module fixtures it builds first, call and teardown) to FILE.
-import resource  # noqa: E402
+# The suite must fit a shared 2-core, 24 GiB machine with two workers (docs/development.md).
+# A worker runs file after file: after each file its compiled programs and freed memory are
+# handed back, so a worker's peak is its largest file's, not their sum. The terminal summary
+# reports each worker's peak resident memory. With HIFICODEC_TEST_MEMORY_LOG=FILE every test
+# appends "node id, peak RSS in MiB, seconds" (its setup, including module fixtures it builds
+# first, call and teardown) to FILE.
+import gc  # noqa: E402
 import time  # noqa: E402
 
 import pytest  # noqa: E402
 
+from hificodec_jax.training.host_memory import peak_rss_mib, release_freed_memory  # noqa: E402
+
 _MEMORY_LOG = os.environ.get("HIFICODEC_TEST_MEMORY_LOG")
+_LOGGED_PEAK = [0.0]  # resetting VmHWM also resets what getrusage reports: keep the maximum
 
 
 def _peak_rss_mib() -> float:
-    """This process's peak resident memory so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return max(peak_rss_mib(), _LOGGED_PEAK[0])
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "full_size: a file of full-size models; such files run one at a time"
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_full_size_file_at_a_time(request):
+    """Files marked ``full_size`` (module ``pytestmark``) take a lock shared by the session's
+    workers, so two of them never hold their GiBs at once."""
+    if request.node.get_closest_marker("full_size") is None:
+        yield
+        return
+    import fcntl
+
+    with open(os.path.join(_CACHE, "full_size.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield  # the module's fixtures are finalised here when the next test is in another file
+    if nextitem is None or nextitem.path != item.path:
+        gc.collect()
+        jax.clear_caches()  # the next file recompiles what it shares from the disk cache
+        release_freed_memory()
 
 
 def _hwm_mib() -> float | None:
@@ -96,6 +132,7 @@ def pytest_runtest_protocol(item, nextitem):
     yield
     seconds = time.perf_counter() - start
     peak = _hwm_mib()
+    _LOGGED_PEAK[0] = max(_LOGGED_PEAK[0], peak or 0.0)
     with open(_MEMORY_LOG, "a") as f:
         f.write(f"{item.nodeid}\t{peak if peak is not None else float('nan'):.0f}\t{seconds:.1f}\n")
 

@@ -17,6 +17,8 @@ from helpers import DATA, config, make_weights_module
 import hificodec_jax
 from hificodec_jax.reference.convert import flax_to_torch, torch_to_flax
 
+pytestmark = pytest.mark.full_size  # the released architectures (conftest.py)
+
 CASES = {"16k_320d": "grvq4", "24k_240d": "grvq4_24k_240d"}
 
 
@@ -25,7 +27,7 @@ def fixtures():
     return dict(np.load(DATA / "academicodec" / "cases.npz"))
 
 
-@functools.cache
+@functools.lru_cache(maxsize=2)  # full size: two models at a time bound this file's memory
 def model(case: str, update: str = "ema"):
     cfg = config(CASES[case])
     cfg.model.quantizer.update = update

@@ -11,6 +11,7 @@ importer (and the same command, ``benchmarks/parity.py``) a real checkpoint pair
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.util
 import io
 import json
@@ -29,10 +30,13 @@ from hificodec_jax.reference import parity, training_import
 from hificodec_jax.reference.convert import CheckpointMismatchError, torch_to_flax
 from hificodec_jax.training import optim
 from hificodec_jax.training import step as train_step
+from hificodec_jax.training.host_memory import release_freed_memory
 
 DATA = Path(__file__).parent / "data" / "academicodec"
 REPO = Path(__file__).parent.parent
 CONFIG = str(REPO / "configs" / "grvq4.py")
+
+pytestmark = pytest.mark.full_size  # the released model and discriminators (conftest.py)
 
 # The fixture README's tolerances (float32 port).
 LOSS_RTOL = 1e-4  # loss terms and mean logits
@@ -89,10 +93,11 @@ def pair():
 
 
 @pytest.fixture(scope="module")
-def run(pair, tmp_path_factory):
-    """Every term, from ``benchmarks/parity.py`` on the fixture's pair and batch (the
-    ``.pth`` reader is given the state dicts: the layout is what this test is about)."""
-    g, do = pair
+def run(tmp_path_factory):
+    """Every term, from ``benchmarks/reference_step.py`` on the fixture's pair and batch (the
+    ``.pth`` reader is given the state dicts: the layout is what this test is about). Its own
+    pair, freed before the other tests build theirs: the full-size probe is this file's peak."""
+    files = dict(zip(("g.pth", "do.pth"), reference_pair(), strict=True))
     tmp = tmp_path_factory.mktemp("reference_step")
     np.save(tmp / "audio.npy", _cases()["wav"])
     for name in ("g.pth", "do.pth"):
@@ -102,12 +107,16 @@ def run(pair, tmp_path_factory):
         import reference_step as bench  # benchmarks/reference_step.py
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
-    files = {"g.pth": g, "do.pth": do}
     out = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
-        mp.setattr(bench, "load_pth", lambda path: files[os.path.basename(path)])
+        mp.setattr(bench, "load_pth", lambda path: files.pop(os.path.basename(path)))
         argv = [str(tmp / n) for n in ("g.pth", "do.pth", "audio.npy")]
         terms = bench.main([*argv, "--config", f"{CONFIG}:academicodec"])
+    # The full-size probe's compiled program and the compiler's freed memory go now, before
+    # this file's other full-size programs compile.
+    jax.clear_caches()
+    gc.collect()
+    release_freed_memory()
     return terms, out.getvalue()
 
 

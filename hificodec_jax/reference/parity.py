@@ -25,7 +25,7 @@ import optax
 from hificodec_jax import factory
 from hificodec_jax.models import discriminators
 from hificodec_jax.reference import training_import as reference_import
-from hificodec_jax.training import optim
+from hificodec_jax.training import host_memory, optim
 from hificodec_jax.training import step as train_step
 
 __all__ = [
@@ -147,22 +147,13 @@ def make_reference_probe(
             d_terms[name] = _probe(d_grads, name)
         out = {"wav_hat": wav_hat, "d_spectral": spectral, "step_d_params": d_params}
         for prefix, dp in (("init", state.d_params), ("step", d_params)):
-            sp_real, sp_fake = train_step.g_phase_spectral(dp, spectral, per_call=per_call)
+            sp = train_step.g_phase_spectral(dp, spectral, per_call=per_call)
             g_parts, _, g_grads = train_step.generator_gradients(
-                units,
-                dp,
-                sp_real,
-                target,
-                wav_hat,
-                lengths,
-                q_loss,
-                g_vjp,
-                config,
-                spectral_fake=sp_fake,
+                units, dp, sp, target, wav_hat, lengths, q_loss, g_vjp, config
             )
             terms = {**d_terms, **_g_terms(g_parts, g_grads)}
             out.update({f"{prefix}/{k}": v for k, v in terms.items()})
-            out["step_spectral"] = sp_fake  # the step's ("step" comes last)
+            out["step_spectral"] = sp[1]  # the step's ("step" comes last)
         return out
 
     return probe
@@ -193,22 +184,27 @@ def reference_terms(
         raise ValueError(f"audio batch must be float32 [B, L], got shape {wav.shape}")
     codec = factory.build_codec(config, weight_norm=True)
     discs = factory.build_discriminators(config)
-    tx_g, _ = optim.make_optimizer(config.optim.g)
     tx_d, _ = optim.make_optimizer(config.optim.d)
     ref = reference_import.import_reference_training(
         g_ckpt, do_ckpt, codec, discs, fresh_stft=fresh_stft
     )
-    g_opt_state, d_opt_state = ref.opt_states(tx_g.init(ref.g_params), tx_d.init(ref.d_params))
+    d_opt_state = reference_import.adam_state_from_torch(tx_d.init(ref.d_params), *ref.d_adam)
     state = train_step.TrainState(
         step=jnp.asarray(ref.step, jnp.int32),
         g_params=ref.g_params,
         d_params=ref.d_params,
-        g_opt_state=g_opt_state,
+        g_opt_state=None,  # the probe takes no G step: no copy of G's Adam moments
         d_opt_state=d_opt_state,
         vq={},
         spectral=ref.spectral,
         rng=jax.random.key_data(jax.random.key(config.seed)),
         skipped=jnp.zeros((2,), jnp.int32),
     )
+    # Full size, the state's host copies, G's imported Adam moments and the compiler's freed
+    # memory would otherwise add to the probe's own buffers (GiBs).
+    state = jax.device_put(state)
+    del ref, g_ckpt, do_ckpt
     probe = make_reference_probe(codec, discs, tx_d, config)
-    return jax.tree.map(np.asarray, jax.jit(probe)(state, wav))
+    compiled = jax.jit(probe).lower(state, wav).compile()
+    host_memory.release_freed_memory()
+    return jax.tree.map(np.asarray, compiled(state, wav))

@@ -12,12 +12,10 @@ The phases are functions of their own (:func:`generator_forward`,
 :mod:`~hificodec_jax.reference.parity` runs in the same order to compare every term with
 the reference's training-parity fixture.
 
-Deviations (documented in docs/deviations.md): D sees real and fake as one concatenated batch,
-and with ``disc.spectral_norm_iterations="per_step"`` (the default recipe's) MSD's spectral norm
-runs one power iteration per step there, which the G phase reuses; ``"per_call"`` (the
-academicodec recipe's) runs one before each of the reference's four calls (real and fake, D and
-G phase). A non-finite loss or gradient skips that update (counted in ``skipped``) instead of
-crashing.
+Deviations (documented in docs/deviations.md): D sees real and fake as one concatenated batch;
+``disc.spectral_norm_iterations="per_step"`` runs MSD's power iteration once per step (torch's
+``"per_call"``: before each real and fake call, D and G phase); a non-finite loss or gradient
+skips that update (counted in ``skipped``) instead of crashing.
 Optional, off by default: ``loss.reuse_real_features`` takes the G phase's feature-matching
 targets from the D phase's forward pass on the real audio (D before its update) instead of a
 second forward pass with the updated D (one forward pass per sub-discriminator less).
@@ -118,17 +116,13 @@ def discriminator_gradients(
     ``per_call`` runs a spectral-normed sub-discriminator on the real and the fake half as two
     calls, one power iteration before each (torch's), instead of one call and one iteration.
     """
-    b = d_in.shape[0] // 2
+    b, calls = d_in.shape[0] // 2, 2 if per_call else 1
     parts, grads, new_spectral, real_fmaps, previous = {}, [], [], [], None
     for unit in units:
 
         def objective(p, unit=unit, x=d_in, previous=previous):
             (logits, fmaps), spec = unit.apply(
-                p,
-                unit.subtree(spectral),
-                _after(x, previous),
-                update_stats=True,
-                calls=2 if per_call else 1,
+                p, unit.subtree(spectral), _after(x, previous), update_stats=True, calls=calls
             )
             real = [sg(f[:b]) for f in fmaps] if keep_real_fmaps else []
             means = (jnp.mean(logits[:b]), jnp.mean(logits[b:]))
@@ -155,7 +149,7 @@ def discriminator_gradients(
 
 
 def adversarial_wave_gradient(
-    units, d_params, spectral, target, wav_hat, g_adv_fn, lc, real_fmaps=None, spectral_fake=None
+    units, d_params, spectral, target, wav_hat, g_adv_fn, lc, real_fmaps=None
 ):
     """Adversarial + feature-matching losses of ``wav_hat`` and their gradient w.r.t. it.
 
@@ -165,8 +159,8 @@ def adversarial_wave_gradient(
     here, as in the reference, so the backward pass covers the fake half only. ``real_fmaps``
     (per unit, e.g. from :func:`discriminator_gradients` with ``keep_real_fmaps``) replaces
     the forward pass on ``target``: the feature-matching targets then come from whichever
-    parameters produced them, not from ``d_params``. ``spectral_fake`` (default ``spectral``):
-    the spectral-norm vectors of the calls on ``wav_hat``, ``spectral`` those on ``target``.
+    parameters produced them, not from ``d_params``. ``spectral``: the spectral-norm vectors of
+    both calls, or a pair ``(real, fake)`` of them (:func:`g_phase_spectral`).
     Returns ``(parts, dL/dwav_hat)`` with ``parts["loss/adv_<family>"]``,
     ``parts["loss/fm_<family>"]`` (per family, as ``feature_matching_loss`` over all of the
     family's sub-discriminators) and ``parts["loss/adversarial_total"]`` (the weighted sum
@@ -178,8 +172,8 @@ def adversarial_wave_gradient(
         fm_layers[unit.family] = fm_layers.get(unit.family, 0) + unit.num_fmaps
     parts, total, dwav, previous = {}, 0.0, None, None
     for i, unit in enumerate(units):
-        p, sp = unit.subtree(d_params), unit.subtree(spectral)
-        sp_fake = sp if spectral_fake is None else unit.subtree(spectral_fake)
+        sp_pair = spectral if isinstance(spectral, tuple) else (spectral, spectral)
+        p, sp, sp_fake = unit.subtree(d_params), *(unit.subtree(t) for t in sp_pair)
         if real_fmaps is None:
             (_, real), _ = unit.apply(p, sp, sg(_after(target, previous)))
         else:
@@ -236,17 +230,7 @@ def generator_forward(codec: nn.Module, g_params, vq, wav, lengths, rng):
 
 
 def generator_gradients(
-    units,
-    d_params,
-    spectral,
-    target,
-    wav_hat,
-    lengths,
-    q_loss,
-    g_vjp,
-    config,
-    real_fmaps=None,
-    spectral_fake=None,
+    units, d_params, spectral, target, wav_hat, lengths, q_loss, g_vjp, config, real_fmaps=None
 ):
     """The G phase against discriminators ``d_params``: ``(parts, g_loss, g_grads)``.
 
@@ -254,15 +238,14 @@ def generator_gradients(
     (:func:`adversarial_wave_gradient`), the mel (and optional waveform L1) terms, and the
     quantizer loss; ``g_grads`` is the whole objective's gradient pulled back through ``g_vjp``
     (from :func:`generator_forward`). ``parts`` holds every ``loss/...`` term, ``loss/quantizer``
-    and ``loss/g_total``. ``spectral`` / ``spectral_fake``: see
-    :func:`adversarial_wave_gradient` (:func:`g_phase_spectral` makes them).
+    and ``loss/g_total``. ``spectral``: as :func:`adversarial_wave_gradient`'s.
     """
     lc = config.loss
     sr = config.audio.sample_rate
     resolutions = losses.reference_mel_resolutions(sr)
     g_adv_fn = adversarial_losses(lc)[1]
     g_parts, dwav_adv = adversarial_wave_gradient(
-        units, d_params, spectral, target, wav_hat, g_adv_fn, lc, real_fmaps, spectral_fake
+        units, d_params, spectral, target, wav_hat, g_adv_fn, lc, real_fmaps
     )
 
     def wave_objective(wav_hat):
@@ -376,22 +359,11 @@ def make_train_step(
         metrics["grad_norm/d"] = d_grad_norm
 
         # -- G step against the updated D -----------------------------------------------------
-        sp_real, spectral = g_phase_spectral(
-            d_params, spectral, per_call=per_call, reuse_real=reuse_real
-        )
+        spectral_g = g_phase_spectral(d_params, spectral, per_call=per_call, reuse_real=reuse_real)
         g_parts, g_loss, g_grads = generator_gradients(
-            units,
-            d_params,
-            sp_real,
-            target,
-            wav_hat,
-            lengths,
-            q_loss,
-            g_vjp,
-            config,
-            real_fmaps,
-            spectral_fake=spectral,
+            units, d_params, spectral_g, target, wav_hat, lengths, q_loss, g_vjp, config, real_fmaps
         )
+        spectral = spectral_g[1]  # the last call's
         g_params, g_opt_state, vq, g_grad_norm, g_ok = _update_if_finite(
             tx_g, g_loss, g_grads, state.g_params, state.g_opt_state, vq_new, state.vq
         )
