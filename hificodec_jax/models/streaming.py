@@ -1,0 +1,631 @@
+"""Streaming decode of HiFi-Codec codes: each frame decoded once, exact with full lookahead.
+
+The HiFi-GAN decoder (:class:`~hificodec_jax.models.hifigan.HifiDecoder`) is purely
+convolutional, so its output at a sample depends on a finite window of codes. The streamer keeps
+per-layer state instead of re-decoding a window: every convolution keeps the last ``a + r``
+samples of its (activated, masked) input, where ``a`` is its left reach and ``r`` the right
+context it waits for; each transposed convolution is a stride-1 polyphase convolution
+(:func:`~hificodec_jax.models.layers.polyphase_kernel`) treated the same way; each residual
+branch and each of the parallel ResBlocks of a stage is delayed by a short delay line so that
+the sums line up. A push of ``n`` frames then computes exactly ``n`` frames' worth of every
+layer.
+
+How the lookahead adds up. A symmetric ("same") convolution with right reach ``b`` (``b =
+d * (K - 1) / 2``) can only produce the output at time ``t`` once its input at ``t + b`` exists,
+so it delays its signal by ``b`` of its own samples; a transposed convolution by ``-j_min`` input
+frames (:func:`~hificodec_jax.models.layers.polyphase_taps`). Delays along a chain add up; the
+parallel ResBlocks of a stage cost the largest of their delays. In output samples
+(``hop / rate`` per sample of a layer running at ``rate`` samples per frame), for grvq4 (hop 320)::
+
+    conv_pre (k7)                     3 frames                    960
+    ups_0 (k16, x8)                   1 frame                     320
+    ResBlocks k11 d(1,3,5) at x8      2 * 5 * (1+3+5) + ... = 60 / 8 frames   2400
+    ups_1 + ResBlocks at x40          (1 + 60) / 40 frames        520
+    ups_2 + ResBlocks at x160         (1 + 60) / 160 frames       122
+    ups_3 + ResBlocks at x320         (1 + 60) / 320 frames        61 (+ conv_post 3)
+    total                                                        4393 samples = 13.7 frames
+
+so ``exact_lookahead_frames`` is 14 frames (280 ms at 16 kHz); the output lags the codes by that
+many whole frames (a final delay line pads the delay to whole frames).
+:func:`algorithmic_latency` adds one chunk. :func:`layer_delays` lists every layer's share.
+
+Smaller lookahead (approximate). ``lookahead_frames < exact_lookahead_frames`` gives each layer,
+in network order, as much of its right context as the remaining budget allows (the parallel
+ResBlocks of a stage share one budget); inputs a layer does not wait for are taken as zero, what
+``decode`` pads a layer's input with at the end of the sequence. Each frame is still computed
+once; the output is approximate (and, within a chunk, uses the real future frames it has), and
+it never depends on codes pushed later.
+
+Sequence ends. A layer's input at a negative time, or at or past its stream's end, is zeroed,
+which is what ``Codec.decode`` (zero padding, ``frame_lengths`` masks) does; so the
+concatenation of every step's output, less the first ``lookahead_frames * hop`` samples, and of
+:func:`flush` equals ``codec.apply(variables, codes, frame_lengths, method="decode")``, streams
+that ended early being zero past their end.
+
+Functional form (pure, jittable, usable in ``lax.scan``)::
+
+    state = init(codec, variables, batch)                # StreamState pytree
+    pcm, state = step(codec, variables, state, codes)    # codes [B, n, L*G] -> pcm [B, n*hop]
+    state = end_streams(state, which)                    # which [B] bool: these streams end now
+    tail, state = flush(codec, variables, state, n)      # [B, lookahead_frames * hop]
+
+``step``'s ``pcm`` covers output samples ``[(N - lookahead) * hop, N * hop)`` where ``N`` is the
+number of frames pushed including this chunk (samples at negative times are zero).
+:class:`DecodeStream` wraps this for any push size with host-side checks.
+
+Only the HiFi-GAN family streams: the SEANet family's LSTM has an unbounded receptive field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hificodec_jax.models.hifigan import HifiDecoder
+from hificodec_jax.models.layers import (
+    LRELU_SLOPE,
+    polyphase_kernel,
+    polyphase_taps,
+    weight_norm_kernel,
+)
+
+__all__ = [
+    "DecodeStream",
+    "StreamState",
+    "algorithmic_latency",
+    "end_streams",
+    "exact_lookahead_frames",
+    "flush",
+    "init",
+    "layer_delays",
+    "step",
+]
+
+_CAP = 1 << 20  # frames: clamp for the time arithmetic so int32 never overflows on long streams
+
+
+@flax.struct.dataclass
+class StreamState:
+    """The state of ``B`` streams between pushes (a pytree; the static fields are hashable)."""
+
+    frames: jax.Array  # [] int32 frames pushed so far (the same for every stream)
+    ended: jax.Array  # [B] bool streams that have ended
+    end: jax.Array  # [B] int32 frame count at which each ended stream ended
+    buffers: dict  # layer name -> [B, samples, C] left context / delay line
+    lookahead_frames: int = flax.struct.field(pytree_node=False)
+    num_streams: int = flax.struct.field(pytree_node=False)  # codes per frame, L*G
+    exact: bool = flax.struct.field(pytree_node=False)  # every layer waits for its full context
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerDelay:
+    """One layer's share of the lookahead: its right context, in its own samples and frames."""
+
+    name: str
+    rate: int  # samples per frame at this layer
+    right: int  # right context waited for, in this layer's samples
+    frames: float  # right / rate
+
+
+def check_streamable(codec) -> None:
+    """ValueError unless ``codec``'s decoder can stream (the HiFi-GAN family)."""
+    if not isinstance(getattr(codec, "decoder", None), HifiDecoder):
+        name = type(getattr(codec, "decoder", codec)).__name__
+        raise ValueError(
+            f"streaming decode supports the HiFi-GAN decoder family only, got {name} (the SEANet "
+            "family's LSTM has an unbounded receptive field)"
+        )
+
+
+def _kernel(p: dict) -> jax.Array:
+    """A conv's kernel from its params, weight-normed (``weight_g``/``weight_v``) or folded."""
+    if "kernel" in p:
+        return p["kernel"]
+    return weight_norm_kernel(p["weight_g"], p["weight_v"])
+
+
+@dataclasses.dataclass
+class _Sig:
+    x: jax.Array  # [B, n * rate, C]
+    rate: int  # samples per frame
+    delay: int  # in output samples (hop / rate per own sample)
+
+
+class _Walk:
+    """One pass of the decoder over a chunk: reads and writes the per-layer buffers.
+
+    With ``buffers=None`` (planning, under ``jax.eval_shape``) every buffer starts at zero.
+    ``budget`` is the lookahead still to hand out, in output samples (None: unlimited).
+    """
+
+    def __init__(self, hop, frames, ended, end, buffers, budget, dtype):
+        self.hop, self.frames, self.ended, self.end = hop, frames, ended, end
+        self.buffers_in, self.buffers = buffers, {}
+        self.budget, self.dtype = budget, dtype
+        self.delays: list[LayerDelay] = []
+
+    def unit(self, sig: _Sig) -> int:
+        return self.hop // sig.rate
+
+    def mask(self, sig: _Sig) -> jax.Array:
+        """``[B, n * rate]`` True on samples inside the stream (time >= 0 and before its end)."""
+        n = sig.x.shape[1]
+        d = sig.delay // self.unit(sig)
+        i = jnp.arange(n, dtype=jnp.int32)[None, :]
+        started = jnp.minimum(self.frames, _CAP) * sig.rate - d + i >= 0
+        since = jnp.clip(self.frames - self.end, -_CAP, _CAP)[:, None]
+        before_end = ~self.ended[:, None] | (since * sig.rate - d + i < 0)
+        return started & before_end
+
+    def masked(self, sig: _Sig) -> _Sig:
+        """Zero outside the stream (conv_pre's input)."""
+        return _Sig(sig.x * self.mask(sig)[..., None].astype(sig.x.dtype), sig.rate, sig.delay)
+
+    def activated(self, sig: _Sig) -> _Sig:
+        """lrelu, then zero outside the stream: what every other decoder conv reads."""
+        return self.masked(_Sig(nn.leaky_relu(sig.x, LRELU_SLOPE), sig.rate, sig.delay))
+
+    def buffer(self, name: str, length: int, like: jax.Array) -> jax.Array:
+        shape = (like.shape[0], length, like.shape[2])
+        if self.buffers_in is None:
+            return jnp.zeros(shape, like.dtype)
+        buf = self.buffers_in[name]
+        if buf.shape != shape:
+            raise ValueError(f"stream state buffer {name} has shape {buf.shape}, expected {shape}")
+        return buf.astype(like.dtype)
+
+    def take(self, name: str, sig: _Sig, right: int) -> int:
+        """The right context a layer waits for: all of it, or what the budget leaves."""
+        unit = self.unit(sig)
+        r = right if self.budget is None else min(right, self.budget // unit)
+        if self.budget is not None:
+            self.budget -= r * unit
+        self.delays.append(LayerDelay(name, sig.rate, r, r / sig.rate))
+        return r
+
+    def conv(self, name, sig, kernel, bias, left, right, dilation=1) -> _Sig:
+        """Stride-1 conv whose taps read offsets ``-left .. right`` (step ``dilation``)."""
+        r = self.take(name, sig, right)
+        x = sig.x
+        keep = left + r
+        parts = [self.buffer(name, keep, x), x] if keep else [x]
+        if right > r:  # inputs not waited for read as zero (decode's end-of-sequence padding)
+            parts.append(jnp.zeros((x.shape[0], right - r, x.shape[2]), x.dtype))
+        window = jnp.concatenate(parts, axis=1) if len(parts) > 1 else x
+        if keep:
+            self.buffers[name] = jnp.concatenate(parts[:2], axis=1)[:, -keep:]
+        y = jax.lax.conv_general_dilated(
+            window,
+            kernel.astype(x.dtype),
+            window_strides=(1,),
+            padding=((0, 0),),
+            rhs_dilation=(dilation,),
+            dimension_numbers=("NWC", "WIO", "NWC"),
+        )
+        if bias is not None:
+            y = y + bias.astype(y.dtype)
+        return _Sig(y, sig.rate, sig.delay + r * self.unit(sig))
+
+    def delay(self, name: str, sig: _Sig, samples: int) -> _Sig:
+        """Delay ``sig`` by ``samples`` of its own rate (a delay line)."""
+        if samples == 0:
+            return sig
+        n = sig.x.shape[1]
+        window = jnp.concatenate([self.buffer(name, samples, sig.x), sig.x], axis=1)
+        self.buffers[name] = window[:, n:]
+        return _Sig(window[:, :n], sig.rate, sig.delay + samples * self.unit(sig))
+
+
+def _resblock(walk: _Walk, name: str, params: dict, kernel_size, dilations, sig: _Sig) -> _Sig:
+    """:class:`~hificodec_jax.models.layers.ResBlock1` on a chunk."""
+    half = (kernel_size - 1) // 2
+    for j, d in enumerate(dilations):
+        p1, p2 = params[f"convs1_{j}"], params[f"convs2_{j}"]
+        t = walk.activated(sig)
+        t = walk.conv(f"{name}/convs1_{j}", t, _kernel(p1), p1["bias"], d * half, d * half, d)
+        t = walk.activated(t)
+        t = walk.conv(f"{name}/convs2_{j}", t, _kernel(p2), p2["bias"], half, half)
+        res = walk.delay(f"{name}/residual_{j}", sig, (t.delay - sig.delay) // walk.unit(sig))
+        sig = _Sig(res.x + t.x, sig.rate, t.delay)
+    return sig
+
+
+def _decode_chunk(walk: _Walk, dec: HifiDecoder, params: dict, z_q: jax.Array) -> _Sig:
+    """The decoder on one chunk ``z_q [B, n, D]`` -> samples ``[B, n * hop, 1]`` (pre-tanh)."""
+    for k in dec.resblock_kernel_sizes:
+        if k % 2 == 0:
+            raise ValueError(f"streaming needs odd ResBlock kernel sizes, got {k}")
+    sig = _Sig(z_q.astype(walk.dtype), 1, 0)
+    p = params["conv_pre"]
+    sig = walk.conv("conv_pre", walk.masked(sig), _kernel(p), p["bias"], 3, 3)
+    n_k = len(dec.resblock_kernel_sizes)
+    for i, (u, k) in enumerate(zip(dec.upsample_rates, dec.upsample_kernel_sizes, strict=True)):
+        p = params[f"ups_{i}"]
+        _, j_min, j_max = polyphase_taps(k, u)
+        t = walk.conv(f"ups_{i}", walk.activated(sig), polyphase_kernel(_kernel(p), u), None,
+                      j_max, -j_min)  # fmt: skip
+        b, f, c = t.x.shape
+        x = t.x.reshape(b, f * u, c // u) + p["bias"].astype(t.x.dtype)
+        sig = _Sig(x, sig.rate * u, t.delay)
+        outs, budget, used = [], walk.budget, 0
+        for j in range(n_k):
+            walk.budget = budget
+            n = i * n_k + j
+            outs.append(
+                _resblock(
+                    walk,
+                    f"resblocks_{n}",
+                    params[f"resblocks_{n}"],
+                    dec.resblock_kernel_sizes[j],
+                    tuple(dec.resblock_dilations[j]),
+                    sig,
+                )
+            )
+            used = max(used, 0 if budget is None else budget - walk.budget)
+        walk.budget = None if budget is None else budget - used
+        latest = max(o.delay for o in outs)
+        unit = walk.unit(sig)
+        xs = None
+        for j, o in enumerate(outs):
+            o = walk.delay(f"align_{i * n_k + j}", o, (latest - o.delay) // unit)
+            xs = o.x if xs is None else xs + o.x
+        sig = _Sig(xs / n_k, sig.rate, latest)
+    p = params["conv_post"]
+    return walk.conv("conv_post", walk.activated(sig), _kernel(p), p["bias"], 3, 3)
+
+
+def _decode_codes(module, codes):
+    return module.quantizer.decode_codes(codes)
+
+
+def _run(codec, variables, state_parts, codes, budget, lookahead_frames):
+    """One step: codes ``[B, n, S]`` -> (pcm ``[B, n * hop]``, new buffers, walk)."""
+    frames, ended, end, buffers = state_parts
+    z_q = codec.apply(variables, codes, method=_decode_codes)
+    walk = _Walk(codec.hop, frames, ended, end, buffers, budget, codec.dtype)
+    out = _decode_chunk(walk, codec.decoder, variables["params"]["decoder"], z_q)
+    y = _Sig(jnp.tanh(out.x.astype(jnp.float32)), out.rate, out.delay)
+    pad = lookahead_frames * codec.hop - y.delay
+    if pad < 0:
+        raise AssertionError(f"lookahead {lookahead_frames} frames is less than the delay")
+    y = walk.delay("output", y, pad)
+    pcm = (y.x * walk.mask(y)[..., None])[..., 0]
+    return pcm, walk.buffers, walk
+
+
+def _plan(codec, variables, batch: int, num_streams: int, lookahead_frames: int | None):
+    """(buffer shapes, final delay in samples, layer delays) under ``jax.eval_shape``.
+
+    ``lookahead_frames`` None plans the exact streamer without its output delay line.
+    """
+    found = {}
+
+    def fn(v):
+        codes = jnp.zeros((batch, 1, num_streams), jnp.int32)
+        frames, ended, end = jnp.zeros((), jnp.int32), jnp.zeros((batch,), bool), jnp.zeros(
+            (batch,), jnp.int32
+        )
+        z_q = codec.apply(v, codes, method=_decode_codes)
+        budget = None if lookahead_frames is None else lookahead_frames * codec.hop
+        walk = _Walk(codec.hop, frames, ended, end, None, budget, codec.dtype)
+        out = _decode_chunk(walk, codec.decoder, v["params"]["decoder"], z_q)
+        found["delay"], found["delays"] = out.delay, walk.delays
+        if lookahead_frames is not None:
+            y = _Sig(out.x[..., :1].astype(jnp.float32), out.rate, out.delay)
+            walk.delay("output", y, lookahead_frames * codec.hop - out.delay)
+        return walk.buffers
+
+    shapes = jax.eval_shape(fn, variables)
+    return shapes, found["delay"], found["delays"]
+
+
+@functools.lru_cache(maxsize=64)
+def _exact_plan(codec) -> tuple[int, tuple[LayerDelay, ...]]:
+    """(exact delay in output samples, layer delays) of ``codec``'s decoder (shapes only)."""
+    num_streams = codec.quantizer.num_levels * codec.quantizer.num_groups
+    _, delay, delays = _plan(codec, _shape_variables(codec), 1, num_streams, None)
+    return delay, tuple(delays)
+
+
+@functools.lru_cache(maxsize=16)
+def _shape_variables(codec):
+    """Variable shapes of ``codec`` (no values): enough for planning."""
+    wav = jnp.zeros((1, codec.hop * 2), jnp.float32)
+    return jax.eval_shape(lambda k: codec.init(k, wav), jax.random.key(0))
+
+
+def exact_lookahead_frames(codec) -> int:
+    """Frames of lookahead that make streamed output equal whole decoding: the sum of every
+    layer's right context (module docstring), rounded up to whole frames."""
+    check_streamable(codec)
+    return math.ceil(_exact_plan(codec)[0] / codec.hop)
+
+
+def exact_delay_samples(codec) -> int:
+    """The exact streamer's delay before its final delay line, in output samples."""
+    check_streamable(codec)
+    return _exact_plan(codec)[0]
+
+
+def layer_delays(codec, lookahead_frames: int | None = None) -> list[LayerDelay]:
+    """Each layer's right context (its share of the lookahead), in network order."""
+    check_streamable(codec)
+    if lookahead_frames is None or lookahead_frames >= exact_lookahead_frames(codec):
+        return list(_exact_plan(codec)[1])
+    num_streams = codec.quantizer.num_levels * codec.quantizer.num_groups
+    return _plan(codec, _shape_variables(codec), 1, num_streams, lookahead_frames)[2]
+
+
+def algorithmic_latency(
+    codec, sample_rate: float, chunk_frames: int = 1, lookahead_frames: int | None = None
+) -> float:
+    """Seconds from a frame's codes to its audio: (lookahead + one chunk) x hop / sample_rate.
+
+    ``lookahead_frames`` None means :func:`exact_lookahead_frames`.
+    """
+    look = exact_lookahead_frames(codec) if lookahead_frames is None else lookahead_frames
+    return (look + chunk_frames) * codec.hop / sample_rate
+
+
+def _check_common(codec, variables, batch, lookahead_frames, num_levels):
+    check_streamable(codec)
+    if not isinstance(variables, dict | flax.core.FrozenDict) or "params" not in variables:
+        raise ValueError("variables must be the codec's variables ({'params': ..., ...})")
+    if not isinstance(batch, int | np.integer) or batch < 1:
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    if lookahead_frames is not None and (
+        not isinstance(lookahead_frames, int | np.integer) or lookahead_frames < 0
+    ):
+        raise ValueError(f"lookahead_frames must be an int >= 0 or None, got {lookahead_frames!r}")
+    levels = codec.quantizer.check_levels(num_levels)
+    return levels * codec.quantizer.num_groups
+
+
+def init(
+    codec, variables, batch: int = 1, *, lookahead_frames: int | None = None, num_levels=None
+) -> StreamState:
+    """The state of ``batch`` fresh streams (no frame pushed).
+
+    ``lookahead_frames``: None for :func:`exact_lookahead_frames` (exact output); fewer is
+    approximate (see the module docstring), more only adds delay. ``num_levels``: code levels
+    per frame (None: all; fewer decodes at a lower bitrate).
+    """
+    num_streams = _check_common(codec, variables, batch, lookahead_frames, num_levels)
+    exact = exact_lookahead_frames(codec)
+    look = exact if lookahead_frames is None else int(lookahead_frames)
+    shapes, _, _ = _plan(codec, variables, int(batch), num_streams, look)
+    buffers = {k: jnp.zeros(s.shape, s.dtype) for k, s in shapes.items()}
+    return StreamState(
+        frames=jnp.zeros((), jnp.int32),
+        ended=jnp.zeros((batch,), bool),
+        end=jnp.zeros((batch,), jnp.int32),
+        buffers=buffers,
+        lookahead_frames=look,
+        num_streams=num_streams,
+        exact=look >= exact,
+    )
+
+
+def check_chunk(codes, state: StreamState, codebook_size: int | None = None):
+    """ValueError unless ``codes`` is ``[B, n, L*G]`` integers for ``state`` (values checked
+    against ``[0, codebook_size)`` when given and concrete)."""
+    if not hasattr(codes, "dtype"):
+        codes = np.asarray(codes)
+    shape = tuple(codes.shape)
+    batch = state.ended.shape[0]
+    if len(shape) != 3:
+        raise ValueError(f"codes must be [batch, frames, streams] (rank 3), got shape {shape}")
+    if shape[0] != batch or shape[2] != state.num_streams:
+        raise ValueError(
+            f"codes must have shape [{batch}, n, {state.num_streams}] for this stream "
+            f"(batch {batch}, {state.num_streams} code streams), got {shape}"
+        )
+    if not jnp.issubdtype(codes.dtype, jnp.integer):
+        raise ValueError(f"codes must be integers, got dtype {codes.dtype}")
+    if codebook_size is not None and not isinstance(codes, jax.core.Tracer) and np.size(codes):
+        arr = np.asarray(codes)
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= codebook_size:
+            raise ValueError(f"codes must be in [0, {codebook_size}), got values in [{lo}, {hi}]")
+
+
+def step(codec, variables, state: StreamState, codes) -> tuple[jax.Array, StreamState]:
+    """Push ``codes [B, n, L*G]`` (``n >= 1``): -> (pcm ``[B, n * hop]`` float32, new state).
+
+    ``pcm`` holds output samples ``[(N - lookahead) * hop, N * hop)`` for ``N`` frames pushed
+    including these (zero at negative times and past a stream's end). Pure; jit it with
+    ``codec`` static, or close over ``codec`` (one program per chunk size).
+    """
+    check_streamable(codec)
+    check_chunk(codes, state, codec.quantizer.codebook_size)
+    if codes.shape[1] < 1:
+        raise ValueError("codes must hold at least one frame")
+    codes = jnp.asarray(codes, jnp.int32)
+    look = state.lookahead_frames
+    budget = None if state.exact else look * codec.hop
+    parts = (state.frames, state.ended, state.end, state.buffers)
+    pcm, buffers, _ = _run(codec, variables, parts, codes, budget, look)
+    new = state.replace(frames=state.frames + codes.shape[1], buffers=buffers)
+    return pcm, new
+
+
+def end_streams(state: StreamState, which, at=None) -> StreamState:
+    """End the streams where ``which [B]`` is true, at ``at`` frames (default: the frames
+    pushed so far); streams that already ended keep their end. Their later codes are ignored."""
+    which = jnp.asarray(which, bool)
+    if which.shape != state.ended.shape:
+        raise ValueError(f"which must have shape {state.ended.shape}, got {which.shape}")
+    at = state.frames if at is None else jnp.asarray(at, jnp.int32)
+    now = which & ~state.ended
+    return state.replace(
+        ended=state.ended | which, end=jnp.where(now, jnp.broadcast_to(at, now.shape), state.end)
+    )
+
+
+def flush(codec, variables, state: StreamState, chunk_frames: int = 1, step_fn=None):
+    """End every stream and drain: -> (the last ``lookahead * hop`` samples ``[B, ...]``, state).
+
+    Runs ``ceil(lookahead / chunk_frames)`` steps of ``chunk_frames`` zero codes (``step_fn``,
+    default :func:`step`, e.g. a jitted one, so no new program is compiled).
+    """
+    step_fn = step_fn or functools.partial(step, codec)
+    state = end_streams(state, jnp.ones_like(state.ended))
+    need = state.lookahead_frames * codec.hop
+    batch = state.ended.shape[0]
+    zeros = jnp.zeros((batch, chunk_frames, state.num_streams), jnp.int32)
+    outs, have = [], 0
+    while have < need:
+        pcm, state = step_fn(variables, state, zeros)
+        outs.append(pcm)
+        have += pcm.shape[1]
+    tail = jnp.concatenate(outs, axis=1)[:, :need] if outs else jnp.zeros((batch, 0), jnp.float32)
+    return tail, state
+
+
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_step(codec):
+    """``step`` with ``codec`` bound, jitted once per codec (then once per chunk shape)."""
+    return jax.jit(functools.partial(step, codec), donate_argnums=(1,))
+
+
+class DecodeStream:
+    """Streaming decoder of ``batch`` code streams over a loaded codec (host-side wrapper).
+
+    ``push(codes [B, n, L*G])`` with any ``n`` returns the audio that is now final, ``[B, T]``
+    float32 (numpy); ``end(streams)`` ends some streams (their samples past their end are zero,
+    as ``decode`` with ``frame_lengths`` gives); ``flush()`` ends the rest and returns the tail.
+    The concatenated output equals ``codec.apply(variables, codes, frame_lengths,
+    method="decode")``. Frames are decoded in chunks of ``chunk_frames`` (one compiled program
+    per chunk size, shared by streams over the same codec); a push that does not fill a chunk
+    waits for the next one. Bad input raises ValueError and leaves the stream as it was.
+    """
+
+    def __init__(
+        self,
+        codec,
+        variables,
+        *,
+        batch: int = 1,
+        chunk_frames: int = 1,
+        lookahead_frames: int | None = None,
+        num_levels: int | None = None,
+    ):
+        check_streamable(codec)
+        if not isinstance(chunk_frames, int | np.integer) or chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be a positive int, got {chunk_frames!r}")
+        self.codec, self.variables = codec, variables
+        self.chunk_frames = int(chunk_frames)
+        self._state = init(
+            codec, variables, batch, lookahead_frames=lookahead_frames, num_levels=num_levels
+        )
+        self._step = _jitted_step(codec)
+        self.batch = int(batch)
+        self._pending = np.zeros((self.batch, 0, self._state.num_streams), np.int32)
+        self._pushed = 0  # frames pushed by the caller, pending ones included
+        self._ended = np.zeros(self.batch, bool)
+        self._ends = np.zeros(self.batch, np.int64)
+        self._skip = self.lookahead_frames * codec.hop  # leading samples at negative times
+        self._emitted = 0  # samples returned so far
+        self._flushed = False
+
+    @property
+    def lookahead_frames(self) -> int:
+        return self._state.lookahead_frames
+
+    @property
+    def exact(self) -> bool:
+        """Whether the output equals whole decoding (full lookahead)."""
+        return self._state.exact
+
+    @property
+    def frames_pushed(self) -> int:
+        return self._pushed
+
+    def latency(self, sample_rate: float) -> float:
+        """Algorithmic latency in seconds: (lookahead + one chunk) frames."""
+        return (self.lookahead_frames + self.chunk_frames) * self.codec.hop / sample_rate
+
+    def _check_open(self):
+        if self._flushed:
+            raise ValueError("this stream was flushed; create a new DecodeStream to decode more")
+
+    def push(self, codes) -> np.ndarray:
+        """Push ``codes [B, n, L*G]`` (``n >= 0``); -> the samples now final, ``[B, T]``."""
+        self._check_open()
+        check_chunk(codes, self._state, None)
+        codes = np.asarray(codes)
+        active = codes[~self._ended]
+        if active.size:
+            k = self.codec.quantizer.codebook_size
+            lo, hi = int(active.min()), int(active.max())
+            if lo < 0 or hi >= k:
+                raise ValueError(f"codes must be in [0, {k}), got values in [{lo}, {hi}]")
+        codes = np.where(self._ended[:, None, None], 0, codes).astype(np.int32)
+        self._pending = np.concatenate([self._pending, codes], axis=1)
+        self._pushed += codes.shape[1]
+        return self._drain(full_only=True)
+
+    def end(self, streams) -> None:
+        """End the given streams (indices, or a ``[B]`` bool mask) after the frames pushed so
+        far; codes pushed for them later are ignored (any values). Their tails come out of the
+        following pushes, or of :meth:`flush`."""
+        self._check_open()
+        which = np.zeros(self.batch, bool)
+        streams = np.asarray(streams)
+        if streams.dtype == bool:
+            if streams.shape != (self.batch,):
+                raise ValueError(f"a stream mask must have shape ({self.batch},)")
+            which = streams
+        else:
+            if streams.size and (streams.min() < 0 or streams.max() >= self.batch):
+                raise ValueError(f"stream indices must be in [0, {self.batch}), got {streams}")
+            which[streams.astype(int)] = True
+        new = which & ~self._ended
+        self._ends[new] = self._pushed
+        self._ended |= which
+        self._state = end_streams(self._state, jnp.asarray(which), jnp.asarray(self._ends))
+
+    def flush(self) -> np.ndarray:
+        """End every stream and return the rest of the audio, ``[B, T]``; the stream is closed."""
+        self._check_open()
+        self.end(np.ones(self.batch, bool))
+        total = int(self._ends.max()) * self.codec.hop  # samples of the whole decode
+        out = [self._drain(full_only=False)]
+        zeros = np.zeros((self.batch, self.chunk_frames, self._state.num_streams), np.int32)
+        while self._emitted < total:
+            out.append(self._run(zeros))
+        self._flushed = True
+        pcm = np.concatenate(out, axis=1)
+        return pcm[:, : pcm.shape[1] - (self._emitted - total)]
+
+    def _drain(self, full_only: bool) -> np.ndarray:
+        n = self.chunk_frames
+        outs = []
+        while self._pending.shape[1] >= n or (not full_only and self._pending.shape[1]):
+            chunk = self._pending[:, :n]
+            if chunk.shape[1] < n:  # the last partial chunk: zero frames past every end
+                pad = np.zeros((self.batch, n - chunk.shape[1], chunk.shape[2]), np.int32)
+                chunk = np.concatenate([chunk, pad], axis=1)
+            self._pending = self._pending[:, n:]
+            outs.append(self._run(chunk))
+        if not outs:
+            return np.zeros((self.batch, 0), np.float32)
+        return np.concatenate(outs, axis=1)
+
+    def _run(self, chunk: np.ndarray) -> np.ndarray:
+        pcm, self._state = self._step(self.variables, self._state, jnp.asarray(chunk))
+        pcm = np.asarray(pcm)
+        drop = min(self._skip, pcm.shape[1])
+        self._skip -= drop
+        pcm = pcm[:, drop:]
+        self._emitted += pcm.shape[1]
+        return pcm
