@@ -309,8 +309,10 @@ def _plan(codec, variables, batch: int, num_streams: int, lookahead_frames: int 
 
     def fn(v):
         codes = jnp.zeros((batch, 1, num_streams), jnp.int32)
-        frames, ended, end = jnp.zeros((), jnp.int32), jnp.zeros((batch,), bool), jnp.zeros(
-            (batch,), jnp.int32
+        frames, ended, end = (
+            jnp.zeros((), jnp.int32),
+            jnp.zeros((batch,), bool),
+            jnp.zeros((batch,), jnp.int32),
         )
         z_q = codec.apply(v, codes, method=_decode_codes)
         budget = None if lookahead_frames is None else lookahead_frames * codec.hop
@@ -487,8 +489,6 @@ def flush(codec, variables, state: StreamState, chunk_frames: int = 1, step_fn=N
         have += pcm.shape[1]
     tail = jnp.concatenate(outs, axis=1)[:, :need] if outs else jnp.zeros((batch, 0), jnp.float32)
     return tail, state
-
-
 
 
 @functools.lru_cache(maxsize=32)
