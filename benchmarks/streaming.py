@@ -12,9 +12,10 @@ fp32 matmul) and ``algorithmic_latency_ms``.
 ``--tradeoff``: the lookahead trade-off on real speech (Debian's codec2-examples
 ``speech_orig_16k.wav``, or ``--wav``): the same random-weight model encodes the speech, then
 whole decoding is compared with streaming at chunk 1 and lookahead 0, 2, 4, 8 and exact
-(``snr_db`` and ``max_abs_err`` against whole decoding).
+(``snr_db`` and ``max_abs_err`` against whole decoding); ``--model NAME_OR_DIR`` uses a trained
+model instead (``hificodec_jax.load``).
 
-Run: python benchmarks/streaming.py [--seconds 10] [--tradeoff [--wav FILE]]
+Run: python benchmarks/streaming.py [--seconds 10] [--tradeoff [--wav FILE] [--model M]]
 """
 
 from __future__ import annotations
@@ -33,12 +34,17 @@ ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 WEIGHTS = "random (configs/grvq4.py architecture, param_init_key(key(0)) init; no trained model)"
 
 
-def _setup():
+def _setup(model: str | None = None):
     import jax
     import jax.numpy as jnp
 
     import hificodec_jax
 
+    if model:  # a released model by name, or a model directory
+        from hificodec_jax.codec.model_io import load_config_of, resolve
+
+        codec, variables = hificodec_jax.load(model)
+        return codec, variables, load_config_of(resolve(model)).audio.sample_rate
     cfg = hificodec_jax.load_config(os.path.join(REPO, "configs", "grvq4.py"))
     sample_rate = cfg.audio.sample_rate
     codec = hificodec_jax.build_codec(cfg, weight_norm=False)  # the inference form, as load()
@@ -125,15 +131,16 @@ def speech_path() -> str:
     return hits[0]
 
 
-def tradeoff(wav_path: str) -> dict:
+def tradeoff(wav_path: str, model: str | None) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from hificodec_jax.audio.audio_io import read_audio
+    from hificodec_jax.audio.audio_io import read_audio, resample
     from hificodec_jax.models import streaming
 
-    codec, variables, sample_rate = _setup()
-    wav = read_audio(wav_path, sample_rate)
+    codec, variables, sample_rate = _setup(model)
+    wav, sr = read_audio(wav_path)
+    wav = resample(wav, sr, sample_rate)
     codes = np.asarray(codec.apply(variables, jnp.asarray(wav)[None], method="encode"))
     whole = np.asarray(codec.apply(variables, jnp.asarray(codes), method="decode"))[0]
     exact = streaming.exact_lookahead_frames(codec)
@@ -157,8 +164,8 @@ def tradeoff(wav_path: str) -> dict:
             }
         )
     return {
-        "config": "configs/grvq4.py",
-        "weights": WEIGHTS,
+        "config": model or "configs/grvq4.py",
+        "weights": f"trained ({model})" if model else WEIGHTS,
         "audio": os.path.basename(wav_path),
         "frames": int(codes.shape[1]),
         "chunk_frames": 1,
@@ -172,13 +179,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tradeoff", action="store_true")
     ap.add_argument("--wav", default=None)
+    ap.add_argument("--model", default=None, help="--tradeoff with a model (name or directory)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args.seconds, args.rounds)))
         return
     if args.tradeoff:
-        print(json.dumps(tradeoff(args.wav or speech_path())))
+        print(json.dumps(tradeoff(args.wav or speech_path(), args.model)))
         return
     result = {"config": "configs/grvq4.py", "weights": WEIGHTS, "seconds": args.seconds}
     result["load_avg_1m_before"] = round(os.getloadavg()[0], 2)

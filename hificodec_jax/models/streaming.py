@@ -15,23 +15,29 @@ d * (K - 1) / 2``) can only produce the output at time ``t`` once its input at `
 so it delays its signal by ``b`` of its own samples; a transposed convolution by ``-j_min`` input
 frames (:func:`~hificodec_jax.models.layers.polyphase_taps`). Delays along a chain add up; the
 parallel ResBlocks of a stage cost the largest of their delays. In output samples
-(``hop / rate`` per sample of a layer running at ``rate`` samples per frame), for grvq4 (hop 320)::
+(``hop / rate`` per sample of a layer running at ``rate`` samples per frame), for grvq4 and the
+16 kHz released model (hop 320; ResBlock kernels 3/7/11, dilations 1/3/5)::
 
-    conv_pre (k7)                     3 frames                    960
-    ups_0 (k16, x8)                   1 frame                     320
-    ResBlocks k11 d(1,3,5) at x8      2 * 5 * (1+3+5) + ... = 60 / 8 frames   2400
-    ups_1 + ResBlocks at x40          (1 + 60) / 40 frames        520
-    ups_2 + ResBlocks at x160         (1 + 60) / 160 frames       122
-    ups_3 + ResBlocks at x320         (1 + 60) / 320 frames        61 (+ conv_post 3)
-    total                                                        4393 samples = 13.7 frames
+    layer                       waits for (its own samples)      output samples
+    conv_pre (k7)               3 frames                         3 * 320 =  960
+    ups_0 (k16, x8)             1 input frame                    1 * 320 =  320
+    stage 0 ResBlocks (x8)      k11: 5 * (1 + 3 + 5) + 3 * 5     60 * 40 = 2400
+    ups_1, stage 1 (x40)        1 input sample; 60               40 + 60 * 8 = 520
+    ups_2, stage 2 (x160)       1 input sample; 60               8 + 60 * 2  = 128
+    ups_3, stage 3 (x320)       1 input sample; 60               2 + 60      =  62
+    conv_post (k7)              3                                              3
+    total                                                        4393 = 13.7 frames
 
+(the k11 ResBlock is the widest of each stage's three; :func:`layer_delays` lists every layer),
 so ``exact_lookahead_frames`` is 14 frames (280 ms at 16 kHz); the output lags the codes by that
 many whole frames (a final delay line pads the delay to whole frames).
 :func:`algorithmic_latency` adds one chunk. :func:`layer_delays` lists every layer's share.
 
-Smaller lookahead (approximate). ``lookahead_frames < exact_lookahead_frames`` gives each layer,
-in network order, as much of its right context as the remaining budget allows (the parallel
-ResBlocks of a stage share one budget); inputs a layer does not wait for are taken as zero, what
+Smaller lookahead (approximate). ``lookahead_frames < exact_lookahead_frames`` hands the budget
+out from the output backwards: the high-rate layers near the output cost little lookahead
+(everything after the first stage costs 2.2 frames on grvq4) and get their full context first,
+then the frame-rate ones get what is left (the parallel ResBlocks of a stage share one budget).
+Inputs a layer does not wait for are taken as zero, what
 ``decode`` pads a layer's input with at the end of the sequence. Each frame is still computed
 once; the output is approximate (and, within a chunk, uses the real future frames it has), and
 it never depends on codes pushed later.
@@ -112,6 +118,7 @@ class LayerDelay:
     rate: int  # samples per frame at this layer
     right: int  # right context waited for, in this layer's samples
     frames: float  # right / rate
+    start: int  # delay of the layer's input, in output samples
 
 
 def check_streamable(codec) -> None:
@@ -142,14 +149,15 @@ class _Walk:
     """One pass of the decoder over a chunk: reads and writes the per-layer buffers.
 
     With ``buffers=None`` (planning, under ``jax.eval_shape``) every buffer starts at zero.
-    ``budget`` is the lookahead still to hand out, in output samples (None: unlimited).
+    ``alloc`` maps each layer to the right context it waits for (None: all of it, exact).
     """
 
-    def __init__(self, hop, frames, ended, end, buffers, budget, dtype):
+    def __init__(self, hop, frames, ended, end, buffers, alloc, dtype):
         self.hop, self.frames, self.ended, self.end = hop, frames, ended, end
         self.buffers_in, self.buffers = buffers, {}
-        self.budget, self.dtype = budget, dtype
+        self.alloc, self.dtype = alloc, dtype
         self.delays: list[LayerDelay] = []
+        self.branch_ends: dict[str, tuple[int, int]] = {}  # ResBlock -> (its delay, stage's)
 
     def unit(self, sig: _Sig) -> int:
         return self.hop // sig.rate
@@ -182,12 +190,9 @@ class _Walk:
         return buf.astype(like.dtype)
 
     def take(self, name: str, sig: _Sig, right: int) -> int:
-        """The right context a layer waits for: all of it, or what the budget leaves."""
-        unit = self.unit(sig)
-        r = right if self.budget is None else min(right, self.budget // unit)
-        if self.budget is not None:
-            self.budget -= r * unit
-        self.delays.append(LayerDelay(name, sig.rate, r, r / sig.rate))
+        """The right context a layer waits for: all of it, or its allocation."""
+        r = right if self.alloc is None else self.alloc[name]
+        self.delays.append(LayerDelay(name, sig.rate, r, r / sig.rate, sig.delay))
         return r
 
     def conv(self, name, sig, kernel, bias, left, right, dilation=1) -> _Sig:
@@ -254,9 +259,8 @@ def _decode_chunk(walk: _Walk, dec: HifiDecoder, params: dict, z_q: jax.Array) -
         b, f, c = t.x.shape
         x = t.x.reshape(b, f * u, c // u) + p["bias"].astype(t.x.dtype)
         sig = _Sig(x, sig.rate * u, t.delay)
-        outs, budget, used = [], walk.budget, 0
+        outs = []
         for j in range(n_k):
-            walk.budget = budget
             n = i * n_k + j
             outs.append(
                 _resblock(
@@ -268,9 +272,9 @@ def _decode_chunk(walk: _Walk, dec: HifiDecoder, params: dict, z_q: jax.Array) -
                     sig,
                 )
             )
-            used = max(used, 0 if budget is None else budget - walk.budget)
-        walk.budget = None if budget is None else budget - used
         latest = max(o.delay for o in outs)
+        for j, o in enumerate(outs):
+            walk.branch_ends[f"resblocks_{i * n_k + j}"] = (o.delay, latest)
         unit = walk.unit(sig)
         xs = None
         for j, o in enumerate(outs):
@@ -285,11 +289,11 @@ def _decode_codes(module, codes):
     return module.quantizer.decode_codes(codes)
 
 
-def _run(codec, variables, state_parts, codes, budget, lookahead_frames):
+def _run(codec, variables, state_parts, codes, alloc, lookahead_frames):
     """One step: codes ``[B, n, S]`` -> (pcm ``[B, n * hop]``, new buffers, walk)."""
     frames, ended, end, buffers = state_parts
     z_q = codec.apply(variables, codes, method=_decode_codes)
-    walk = _Walk(codec.hop, frames, ended, end, buffers, budget, codec.dtype)
+    walk = _Walk(codec.hop, frames, ended, end, buffers, alloc, codec.dtype)
     out = _decode_chunk(walk, codec.decoder, variables["params"]["decoder"], z_q)
     y = _Sig(jnp.tanh(out.x.astype(jnp.float32)), out.rate, out.delay)
     pad = lookahead_frames * codec.hop - y.delay
@@ -297,15 +301,15 @@ def _run(codec, variables, state_parts, codes, budget, lookahead_frames):
         raise AssertionError(f"lookahead {lookahead_frames} frames is less than the delay")
     y = walk.delay("output", y, pad)
     pcm = (y.x * walk.mask(y)[..., None])[..., 0]
-    return pcm, walk.buffers, walk
+    return pcm, walk.buffers
 
 
 def _plan(codec, variables, batch: int, num_streams: int, lookahead_frames: int | None):
-    """(buffer shapes, final delay in samples, layer delays) under ``jax.eval_shape``.
-
-    ``lookahead_frames`` None plans the exact streamer without its output delay line.
-    """
+    """(buffer shapes, final delay in samples, layer delays, ResBlock ends) under
+    ``jax.eval_shape``. ``lookahead_frames`` None plans the exact streamer without its output
+    delay line."""
     found = {}
+    alloc = None if lookahead_frames is None else _allocation(codec, lookahead_frames)
 
     def fn(v):
         codes = jnp.zeros((batch, 1, num_streams), jnp.int32)
@@ -315,25 +319,48 @@ def _plan(codec, variables, batch: int, num_streams: int, lookahead_frames: int 
             jnp.zeros((batch,), jnp.int32),
         )
         z_q = codec.apply(v, codes, method=_decode_codes)
-        budget = None if lookahead_frames is None else lookahead_frames * codec.hop
-        walk = _Walk(codec.hop, frames, ended, end, None, budget, codec.dtype)
+        walk = _Walk(codec.hop, frames, ended, end, None, alloc, codec.dtype)
         out = _decode_chunk(walk, codec.decoder, v["params"]["decoder"], z_q)
-        found["delay"], found["delays"] = out.delay, walk.delays
+        found["delay"], found["delays"], found["ends"] = out.delay, walk.delays, walk.branch_ends
         if lookahead_frames is not None:
             y = _Sig(out.x[..., :1].astype(jnp.float32), out.rate, out.delay)
             walk.delay("output", y, lookahead_frames * codec.hop - out.delay)
         return walk.buffers
 
     shapes = jax.eval_shape(fn, variables)
-    return shapes, found["delay"], found["delays"]
+    return shapes, found["delay"], found["delays"], found["ends"]
 
 
 @functools.lru_cache(maxsize=64)
-def _exact_plan(codec) -> tuple[int, tuple[LayerDelay, ...]]:
-    """(exact delay in output samples, layer delays) of ``codec``'s decoder (shapes only)."""
+def _exact_plan(codec):
+    """(exact delay in output samples, layer delays, ResBlock ends) of ``codec`` (shapes only)."""
     num_streams = codec.quantizer.num_levels * codec.quantizer.num_groups
-    _, delay, delays = _plan(codec, _shape_variables(codec), 1, num_streams, None)
-    return delay, tuple(delays)
+    _, delay, delays, ends = _plan(codec, _shape_variables(codec), 1, num_streams, None)
+    return delay, tuple(delays), ends
+
+
+@functools.lru_cache(maxsize=64)
+def _allocation(codec, lookahead_frames: int) -> dict[str, int] | None:
+    """Right context per layer for ``lookahead_frames`` (None when that is exact).
+
+    The budget goes to the layers nearest the output first: a layer waits for what the budget
+    leaves after every later layer's full context (a ResBlock's later layers, then the stages
+    after its own), so the cheap high-rate layers are exact before the costly frame-rate ones.
+    """
+    total, delays, ends = _exact_plan(codec)
+    if lookahead_frames * codec.hop >= total:
+        return None
+    budget, alloc = lookahead_frames * codec.hop, {}
+    for d in delays:
+        unit = codec.hop // d.rate
+        branch = d.name.split("/")[0]
+        if branch in ends:  # inside one of a stage's parallel ResBlocks
+            branch_end, stage_end = ends[branch]
+            after = total - stage_end + branch_end - d.start - d.right * unit
+        else:
+            after = total - d.start - d.right * unit
+        alloc[d.name] = max(0, min(d.right, (budget - after) // unit))
+    return alloc
 
 
 @functools.lru_cache(maxsize=16)
@@ -362,7 +389,7 @@ def layer_delays(codec, lookahead_frames: int | None = None) -> list[LayerDelay]
     if lookahead_frames is None or lookahead_frames >= exact_lookahead_frames(codec):
         return list(_exact_plan(codec)[1])
     num_streams = codec.quantizer.num_levels * codec.quantizer.num_groups
-    return _plan(codec, _shape_variables(codec), 1, num_streams, lookahead_frames)[2]
+    return list(_plan(codec, _shape_variables(codec), 1, num_streams, lookahead_frames)[2])
 
 
 def algorithmic_latency(
@@ -402,7 +429,7 @@ def init(
     num_streams = _check_common(codec, variables, batch, lookahead_frames, num_levels)
     exact = exact_lookahead_frames(codec)
     look = exact if lookahead_frames is None else int(lookahead_frames)
-    shapes, _, _ = _plan(codec, variables, int(batch), num_streams, look)
+    shapes = _plan(codec, variables, int(batch), num_streams, look)[0]
     buffers = {k: jnp.zeros(s.shape, s.dtype) for k, s in shapes.items()}
     return StreamState(
         frames=jnp.zeros((), jnp.int32),
@@ -451,9 +478,9 @@ def step(codec, variables, state: StreamState, codes) -> tuple[jax.Array, Stream
         raise ValueError("codes must hold at least one frame")
     codes = jnp.asarray(codes, jnp.int32)
     look = state.lookahead_frames
-    budget = None if state.exact else look * codec.hop
+    alloc = None if state.exact else _allocation(codec, look)
     parts = (state.frames, state.ended, state.end, state.buffers)
-    pcm, buffers, _ = _run(codec, variables, parts, codes, budget, look)
+    pcm, buffers = _run(codec, variables, parts, codes, alloc, look)
     new = state.replace(frames=state.frames + codes.shape[1], buffers=buffers)
     return pcm, new
 
