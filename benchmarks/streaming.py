@@ -7,7 +7,8 @@ own process): ``push_ms_median``, ``push_ms_p99`` over every push of ``--rounds`
 compiling push is separate: ``compile_s``), ``rtf`` (streaming compute per second of audio),
 ``compute_ratio`` (streaming compute / one whole-sequence ``decode`` of the same codes, the two
 alternating round by round; median and range), plus ``offline_rtf``, ``probe_gflops`` (2048^2
-fp32 matmul) and ``algorithmic_latency_ms``.
+fp32 matmul), ``algorithmic_latency_ms`` and ``batch8_chunk1`` (8 streams in one program at
+1-frame chunks, against 8 whole-sequence decodes of batch 1).
 
 ``--tradeoff``: the lookahead trade-off on real speech (Debian's codec2-examples
 ``speech_orig_16k.wav``, or ``--wav``): the same random-weight model encodes the speech, then
@@ -108,6 +109,25 @@ def worker(seconds: float, rounds: int) -> dict:
                 streaming.algorithmic_latency(codec, sample_rate, n) * 1e3, 1
             ),
         }
+    # A server's case: 8 streams in one program at 1-frame chunks, against 8 offline decodes.
+    batch = 8
+    many = np.concatenate([codes] * batch)
+    stream = streaming.DecodeStream(codec, variables, batch=batch, chunk_frames=1)
+    stream.push(many[:, :1])  # compiles
+    offline_s = offline()
+    offline_all.append(offline_s)
+    stream = streaming.DecodeStream(codec, variables, batch=batch, chunk_frames=1)
+    times = []
+    for i in range(frames):
+        t = time.perf_counter()
+        stream.push(many[:, i : i + 1])
+        times.append(time.perf_counter() - t)
+    times = np.array(times)
+    out["batch8_chunk1"] = {
+        "push_ms_median": round(float(np.median(times)) * 1e3, 2),
+        "push_ms_p99": round(float(np.percentile(times, 99)) * 1e3, 2),
+        "compute_ratio_vs_8_offline": round(float(times.sum()) / (batch * offline_s), 3),
+    }
     out["offline_decode_s_median"] = round(statistics.median(offline_all), 4)
     out["offline_rtf"] = round(
         out["offline_decode_s_median"] / (frames * codec.hop / sample_rate), 4
