@@ -261,3 +261,20 @@ def test_grvq4_short_batch_equals_whole_decode():
     want = decode(codec, variables, padded, ends)
     got = stream_all(DecodeStream(codec, variables, batch=2, chunk_frames=3), codes, 13, ends=ends)
     np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+
+
+def test_functional_step_refuses_bad_chunks_before_tracing():
+    codec, variables = tiny()
+    state = streaming.init(codec, variables, 2)
+    for codes, match in [
+        (jnp.zeros((2, 3), jnp.int32), "rank 3"),
+        (jnp.zeros((2, 0, 4), jnp.int32), "at least one frame"),
+        (jnp.zeros((1, 3, 4), jnp.int32), r"shape \[2, n, 4\]"),
+        (jnp.full((2, 3, 4), 64, jnp.int32), r"codes must be in \[0, 64\)"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            streaming.step(codec, variables, state, codes)
+    with pytest.raises(ValueError, match="which must have shape"):
+        streaming.end_streams(state, jnp.ones(3, bool))
+    with pytest.raises(ValueError, match="batch must be a positive int"):
+        streaming.init(codec, variables, 0)
