@@ -185,7 +185,7 @@ def tradeoff(wav_path: str, model: str | None) -> dict:
         )
     return {
         "config": model or "configs/grvq4.py",
-        "weights": f"trained ({model})" if model else WEIGHTS,
+        "weights": f"loaded ({model})" if model else WEIGHTS,
         "audio": os.path.basename(wav_path),
         "frames": int(codes.shape[1]),
         "chunk_frames": 1,
