@@ -1,7 +1,7 @@
 """Streaming decode benchmark: configs/grvq4.py with random weights (no trained model offline).
 
 Prints one JSON object as the last line. Default: per-push latency of
-:class:`hificodec_jax.models.streaming.DecodeStream` (batch 1, exact lookahead) at chunks of 1, 5
+:class:`hificodec_jax.models.decode_stream.DecodeStream` (batch 1, exact lookahead) at chunks of 1, 5
 and 10 frames over 10 s of random codes, on one CPU thread and on the whole machine (each in its
 own process): ``push_ms_median``, ``push_ms_p99`` over every push of ``--rounds`` rounds (the
 compiling push is separate: ``compile_s``), ``rtf`` (streaming compute per second of audio),
@@ -60,6 +60,7 @@ def worker(seconds: float, rounds: int) -> dict:
     import numpy as np
 
     from hificodec_jax.models import streaming
+    from hificodec_jax.models.decode_stream import DecodeStream
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from inference import matmul_probe
@@ -79,7 +80,7 @@ def worker(seconds: float, rounds: int) -> dict:
     out = {"frames": frames, "rounds": rounds, "chunks": {}}
     offline_all = []
     for n in (1, 5, 10):
-        stream = streaming.DecodeStream(codec, variables, chunk_frames=n)
+        stream = DecodeStream(codec, variables, chunk_frames=n)
         t = time.perf_counter()
         stream.push(codes[:, :n])  # compiles
         compile_s = time.perf_counter() - t
@@ -87,7 +88,7 @@ def worker(seconds: float, rounds: int) -> dict:
         for _ in range(rounds):  # offline and streaming alternate: the machine's speed drifts
             offline_s = offline()
             offline_all.append(offline_s)
-            stream = streaming.DecodeStream(codec, variables, chunk_frames=n)
+            stream = DecodeStream(codec, variables, chunk_frames=n)
             times = []
             for i in range(0, frames, n):
                 t = time.perf_counter()
@@ -112,11 +113,11 @@ def worker(seconds: float, rounds: int) -> dict:
     # A server's case: 8 streams in one program at 1-frame chunks, against 8 offline decodes.
     batch = 8
     many = np.concatenate([codes] * batch)
-    stream = streaming.DecodeStream(codec, variables, batch=batch, chunk_frames=1)
+    stream = DecodeStream(codec, variables, batch=batch, chunk_frames=1)
     stream.push(many[:, :1])  # compiles
     offline_s = offline()
     offline_all.append(offline_s)
-    stream = streaming.DecodeStream(codec, variables, batch=batch, chunk_frames=1)
+    stream = DecodeStream(codec, variables, batch=batch, chunk_frames=1)
     times = []
     for i in range(frames):
         t = time.perf_counter()
@@ -157,6 +158,7 @@ def tradeoff(wav_path: str, model: str | None) -> dict:
 
     from hificodec_jax.audio.audio_io import read_audio, resample
     from hificodec_jax.models import streaming
+    from hificodec_jax.models.decode_stream import DecodeStream
 
     codec, variables, sample_rate = _setup(model)
     wav, sr = read_audio(wav_path)
@@ -166,7 +168,7 @@ def tradeoff(wav_path: str, model: str | None) -> dict:
     exact = streaming.exact_lookahead_frames(codec)
     rows = []
     for look in (0, 2, 4, 8, exact):
-        stream = streaming.DecodeStream(codec, variables, chunk_frames=1, lookahead_frames=look)
+        stream = DecodeStream(codec, variables, chunk_frames=1, lookahead_frames=look)
         pcm = [stream.push(codes[:, i : i + 1]) for i in range(codes.shape[1])]
         got = np.concatenate([*pcm, stream.flush()], axis=1)[0]
         err = got - whole

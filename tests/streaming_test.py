@@ -11,8 +11,8 @@ import pytest
 from helpers import REPO, config
 
 import hificodec_jax
-from hificodec_jax.models import streaming
-from hificodec_jax.models.streaming import DecodeStream
+from hificodec_jax.models import decode_stream, streaming
+from hificodec_jax.models.decode_stream import DecodeStream
 
 TOL = 1e-5
 
@@ -138,15 +138,15 @@ def test_one_compilation_per_chunk_size(monkeypatch):
         traces.append(args[-1].shape)
         return real_step(*args)
 
-    monkeypatch.setattr(streaming, "step", counting_step)
-    streaming._jitted_step.cache_clear()
+    monkeypatch.setattr(decode_stream, "step", counting_step)
+    decode_stream._jitted_step.cache_clear()
     try:
         codes = random_codes(codec, 2, 60, seed=7)
         for chunk in (2, 5):
             stream_all(DecodeStream(codec, variables, batch=2, chunk_frames=chunk), codes, chunk)
         stream_all(DecodeStream(codec, variables, batch=2, chunk_frames=2), codes, 9)
     finally:
-        streaming._jitted_step.cache_clear()
+        decode_stream._jitted_step.cache_clear()
     assert traces == [(2, 2, 4), (2, 5, 4)]
 
 

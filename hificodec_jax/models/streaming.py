@@ -58,34 +58,33 @@ Functional form (pure, jittable, usable in ``lax.scan``)::
 
 ``step``'s ``pcm`` covers output samples ``[(N - lookahead) * hop, N * hop)`` where ``N`` is the
 number of frames pushed including this chunk (samples at negative times are zero).
-:class:`DecodeStream` wraps this for any push size with host-side checks.
+:class:`~hificodec_jax.models.decode_stream.DecodeStream` wraps this for any push size with host-side checks.
 
 Only the HiFi-GAN family streams: the SEANet family's LSTM has an unbounded receptive field.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from hificodec_jax.models.hifigan import HifiDecoder
-from hificodec_jax.models.layers import (
-    LRELU_SLOPE,
-    fold_weight_norm,
-    polyphase_kernel,
-    polyphase_taps,
-    weight_norm_kernel,
+from hificodec_jax.models.layers import fold_weight_norm, polyphase_kernel
+from hificodec_jax.models.streaming_graph import (
+    LayerDelay,
+    Signal,
+    Walk,
+    decode_chunk,
+    decode_codes,
 )
 
 __all__ = [
-    "DecodeStream",
+    "LayerDelay",
     "StreamState",
     "algorithmic_latency",
     "end_streams",
@@ -96,8 +95,6 @@ __all__ = [
     "prepare",
     "step",
 ]
-
-_CAP = 1 << 20  # frames: clamp for the time arithmetic so int32 never overflows on long streams
 
 
 @flax.struct.dataclass
@@ -113,17 +110,6 @@ class StreamState:
     exact: bool = flax.struct.field(pytree_node=False)  # every layer waits for its full context
 
 
-@dataclasses.dataclass(frozen=True)
-class LayerDelay:
-    """One layer's share of the lookahead: its right context, in its own samples and frames."""
-
-    name: str
-    rate: int  # samples per frame at this layer
-    right: int  # right context waited for, in this layer's samples
-    frames: float  # right / rate
-    start: int  # delay of the layer's input, in output samples
-
-
 def check_streamable(codec) -> None:
     """ValueError unless ``codec``'s decoder can stream (the HiFi-GAN family)."""
     if not isinstance(getattr(codec, "decoder", None), HifiDecoder):
@@ -134,173 +120,13 @@ def check_streamable(codec) -> None:
         )
 
 
-def _kernel(p: dict) -> jax.Array:
-    """A conv's kernel from its params, weight-normed (``weight_g``/``weight_v``) or folded."""
-    if "kernel" in p:
-        return p["kernel"]
-    return weight_norm_kernel(p["weight_g"], p["weight_v"])
-
-
-@dataclasses.dataclass
-class _Sig:
-    x: jax.Array  # [B, n * rate, C]
-    rate: int  # samples per frame
-    delay: int  # in output samples (hop / rate per own sample)
-
-
-class _Walk:
-    """One pass of the decoder over a chunk: reads and writes the per-layer buffers.
-
-    With ``buffers=None`` (planning, under ``jax.eval_shape``) every buffer starts at zero.
-    ``alloc`` maps each layer to the right context it waits for (None: all of it, exact).
-    """
-
-    def __init__(self, hop, frames, ended, end, buffers, alloc, dtype):
-        self.hop, self.frames, self.ended, self.end = hop, frames, ended, end
-        self.buffers_in, self.buffers = buffers, {}
-        self.alloc, self.dtype = alloc, dtype
-        self.delays: list[LayerDelay] = []
-        self.branch_ends: dict[str, tuple[int, int]] = {}  # ResBlock -> (its delay, stage's)
-
-    def unit(self, sig: _Sig) -> int:
-        return self.hop // sig.rate
-
-    def mask(self, sig: _Sig) -> jax.Array:
-        """``[B, n * rate]`` True on samples inside the stream (time >= 0 and before its end)."""
-        n = sig.x.shape[1]
-        d = sig.delay // self.unit(sig)
-        i = jnp.arange(n, dtype=jnp.int32)[None, :]
-        started = jnp.minimum(self.frames, _CAP) * sig.rate - d + i >= 0
-        since = jnp.clip(self.frames - self.end, -_CAP, _CAP)[:, None]
-        before_end = ~self.ended[:, None] | (since * sig.rate - d + i < 0)
-        return started & before_end
-
-    def masked(self, sig: _Sig) -> _Sig:
-        """Zero outside the stream (conv_pre's input)."""
-        return _Sig(sig.x * self.mask(sig)[..., None].astype(sig.x.dtype), sig.rate, sig.delay)
-
-    def activated(self, sig: _Sig) -> _Sig:
-        """lrelu, then zero outside the stream: what every other decoder conv reads."""
-        return self.masked(_Sig(nn.leaky_relu(sig.x, LRELU_SLOPE), sig.rate, sig.delay))
-
-    def buffer(self, name: str, length: int, like: jax.Array) -> jax.Array:
-        shape = (like.shape[0], length, like.shape[2])
-        if self.buffers_in is None:
-            return jnp.zeros(shape, like.dtype)
-        buf = self.buffers_in[name]
-        if buf.shape != shape:
-            raise ValueError(f"stream state buffer {name} has shape {buf.shape}, expected {shape}")
-        return buf.astype(like.dtype)
-
-    def take(self, name: str, sig: _Sig, right: int) -> int:
-        """The right context a layer waits for: all of it, or its allocation."""
-        r = right if self.alloc is None else self.alloc[name]
-        self.delays.append(LayerDelay(name, sig.rate, r, r / sig.rate, sig.delay))
-        return r
-
-    def conv(self, name, sig, kernel, bias, left, right, dilation=1) -> _Sig:
-        """Stride-1 conv whose taps read offsets ``-left .. right`` (step ``dilation``)."""
-        r = self.take(name, sig, right)
-        x = sig.x
-        keep = left + r
-        parts = [self.buffer(name, keep, x), x] if keep else [x]
-        if right > r:  # inputs not waited for read as zero (decode's end-of-sequence padding)
-            parts.append(jnp.zeros((x.shape[0], right - r, x.shape[2]), x.dtype))
-        window = jnp.concatenate(parts, axis=1) if len(parts) > 1 else x
-        if keep:
-            self.buffers[name] = jnp.concatenate(parts[:2], axis=1)[:, -keep:]
-        y = jax.lax.conv_general_dilated(
-            window,
-            kernel.astype(x.dtype),
-            window_strides=(1,),
-            padding=((0, 0),),
-            rhs_dilation=(dilation,),
-            dimension_numbers=("NWC", "WIO", "NWC"),
-        )
-        if bias is not None:
-            y = y + bias.astype(y.dtype)
-        return _Sig(y, sig.rate, sig.delay + r * self.unit(sig))
-
-    def delay(self, name: str, sig: _Sig, samples: int) -> _Sig:
-        """Delay ``sig`` by ``samples`` of its own rate (a delay line)."""
-        if samples == 0:
-            return sig
-        n = sig.x.shape[1]
-        window = jnp.concatenate([self.buffer(name, samples, sig.x), sig.x], axis=1)
-        self.buffers[name] = window[:, n:]
-        return _Sig(window[:, :n], sig.rate, sig.delay + samples * self.unit(sig))
-
-
-def _resblock(walk: _Walk, name: str, params: dict, kernel_size, dilations, sig: _Sig) -> _Sig:
-    """:class:`~hificodec_jax.models.layers.ResBlock1` on a chunk."""
-    half = (kernel_size - 1) // 2
-    for j, d in enumerate(dilations):
-        p1, p2 = params[f"convs1_{j}"], params[f"convs2_{j}"]
-        t = walk.activated(sig)
-        t = walk.conv(f"{name}/convs1_{j}", t, _kernel(p1), p1["bias"], d * half, d * half, d)
-        t = walk.activated(t)
-        t = walk.conv(f"{name}/convs2_{j}", t, _kernel(p2), p2["bias"], half, half)
-        res = walk.delay(f"{name}/residual_{j}", sig, (t.delay - sig.delay) // walk.unit(sig))
-        sig = _Sig(res.x + t.x, sig.rate, t.delay)
-    return sig
-
-
-def _decode_chunk(walk: _Walk, dec: HifiDecoder, params: dict, z_q: jax.Array) -> _Sig:
-    """The decoder on one chunk ``z_q [B, n, D]`` -> samples ``[B, n * hop, 1]`` (pre-tanh)."""
-    for k in dec.resblock_kernel_sizes:
-        if k % 2 == 0:
-            raise ValueError(f"streaming needs odd ResBlock kernel sizes, got {k}")
-    sig = _Sig(z_q.astype(walk.dtype), 1, 0)
-    p = params["conv_pre"]
-    half = (_kernel(p).shape[0] - 1) // 2
-    sig = walk.conv("conv_pre", walk.masked(sig), _kernel(p), p["bias"], half, half)
-    n_k = len(dec.resblock_kernel_sizes)
-    for i, (u, k) in enumerate(zip(dec.upsample_rates, dec.upsample_kernel_sizes, strict=True)):
-        p = params[f"ups_{i}"]
-        _, j_min, j_max = polyphase_taps(k, u)
-        poly = p["poly"] if "poly" in p else polyphase_kernel(_kernel(p), u)
-        t = walk.conv(f"ups_{i}", walk.activated(sig), poly, None, j_max, -j_min)
-        b, f, c = t.x.shape
-        x = t.x.reshape(b, f * u, c // u) + p["bias"].astype(t.x.dtype)
-        sig = _Sig(x, sig.rate * u, t.delay)
-        outs = []
-        for j in range(n_k):
-            n = i * n_k + j
-            outs.append(
-                _resblock(
-                    walk,
-                    f"resblocks_{n}",
-                    params[f"resblocks_{n}"],
-                    dec.resblock_kernel_sizes[j],
-                    tuple(dec.resblock_dilations[j]),
-                    sig,
-                )
-            )
-        latest = max(o.delay for o in outs)
-        for j, o in enumerate(outs):
-            walk.branch_ends[f"resblocks_{i * n_k + j}"] = (o.delay, latest)
-        unit = walk.unit(sig)
-        xs = None
-        for j, o in enumerate(outs):
-            o = walk.delay(f"align_{i * n_k + j}", o, (latest - o.delay) // unit)
-            xs = o.x if xs is None else xs + o.x
-        sig = _Sig(xs / n_k, sig.rate, latest)
-    p = params["conv_post"]
-    half = (_kernel(p).shape[0] - 1) // 2
-    return walk.conv("conv_post", walk.activated(sig), _kernel(p), p["bias"], half, half)
-
-
-def _decode_codes(module, codes):
-    return module.quantizer.decode_codes(codes)
-
-
 def _run(codec, variables, state_parts, codes, alloc, lookahead_frames):
     """One step: codes ``[B, n, S]`` -> (pcm ``[B, n * hop]``, new buffers)."""
     frames, ended, end, buffers = state_parts
-    z_q = codec.apply(variables, codes, method=_decode_codes)
-    walk = _Walk(codec.hop, frames, ended, end, buffers, alloc, codec.dtype)
-    out = _decode_chunk(walk, codec.decoder, variables["params"]["decoder"], z_q)
-    y = _Sig(jnp.tanh(out.x.astype(jnp.float32)), out.rate, out.delay)
+    z_q = codec.apply(variables, codes, method=decode_codes)
+    walk = Walk(codec.hop, frames, ended, end, buffers, alloc, codec.dtype)
+    out = decode_chunk(walk, codec.decoder, variables["params"]["decoder"], z_q)
+    y = Signal(jnp.tanh(out.x.astype(jnp.float32)), out.rate, out.delay)
     pad = lookahead_frames * codec.hop - y.delay
     if pad < 0:
         raise AssertionError(f"lookahead {lookahead_frames} frames is less than the delay")
@@ -323,12 +149,12 @@ def _plan(codec, variables, batch: int, num_streams: int, lookahead_frames: int 
             jnp.zeros((batch,), bool),
             jnp.zeros((batch,), jnp.int32),
         )
-        z_q = codec.apply(v, codes, method=_decode_codes)
-        walk = _Walk(codec.hop, frames, ended, end, None, alloc, codec.dtype)
-        out = _decode_chunk(walk, codec.decoder, v["params"]["decoder"], z_q)
+        z_q = codec.apply(v, codes, method=decode_codes)
+        walk = Walk(codec.hop, frames, ended, end, None, alloc, codec.dtype)
+        out = decode_chunk(walk, codec.decoder, v["params"]["decoder"], z_q)
         found["delay"], found["delays"], found["ends"] = out.delay, walk.delays, walk.branch_ends
         if lookahead_frames is not None:
-            y = _Sig(out.x[..., :1].astype(jnp.float32), out.rate, out.delay)
+            y = Signal(out.x[..., :1].astype(jnp.float32), out.rate, out.delay)
             walk.delay("output", y, lookahead_frames * codec.hop - out.delay)
         return walk.buffers
 
@@ -535,143 +361,3 @@ def flush(codec, variables, state: StreamState, chunk_frames: int = 1, step_fn=N
         have += pcm.shape[1]
     tail = jnp.concatenate(outs, axis=1)[:, :need] if outs else jnp.zeros((batch, 0), jnp.float32)
     return tail, state
-
-
-@functools.lru_cache(maxsize=32)
-def _jitted_step(codec):
-    """``step`` with ``codec`` bound, jitted once per codec (then once per chunk shape)."""
-    return jax.jit(functools.partial(step, codec), donate_argnums=(1,))
-
-
-class DecodeStream:
-    """Streaming decoder of ``batch`` code streams over a loaded codec (host-side wrapper).
-
-    ``push(codes [B, n, L*G])`` with any ``n`` returns the audio that is now final, ``[B, T]``
-    float32 (numpy); ``end(streams)`` ends some streams (their samples past their end are zero,
-    as ``decode`` with ``frame_lengths`` gives); ``flush()`` ends the rest and returns the tail.
-    The concatenated output equals ``codec.apply(variables, codes, frame_lengths,
-    method="decode")``. Frames are decoded in chunks of ``chunk_frames`` (one compiled program
-    per chunk size, shared by streams over the same codec); a push that does not fill a chunk
-    waits for the next one. Bad input raises ValueError and leaves the stream as it was.
-    """
-
-    def __init__(
-        self,
-        codec,
-        variables,
-        *,
-        batch: int = 1,
-        chunk_frames: int = 1,
-        lookahead_frames: int | None = None,
-        num_levels: int | None = None,
-    ):
-        check_streamable(codec)
-        if not isinstance(chunk_frames, int | np.integer) or chunk_frames < 1:
-            raise ValueError(f"chunk_frames must be a positive int, got {chunk_frames!r}")
-        self.codec, self.variables = codec, prepare(codec, variables)
-        self.chunk_frames = int(chunk_frames)
-        self._state = init(
-            codec, variables, batch, lookahead_frames=lookahead_frames, num_levels=num_levels
-        )
-        self._step = _jitted_step(codec)
-        self.batch = int(batch)
-        self._pending = np.zeros((self.batch, 0, self._state.num_streams), np.int32)
-        self._pushed = 0  # frames pushed by the caller, pending ones included
-        self._ended = np.zeros(self.batch, bool)
-        self._ends = np.zeros(self.batch, np.int64)
-        self._skip = self.lookahead_frames * codec.hop  # leading samples at negative times
-        self._emitted = 0  # samples returned so far
-        self._flushed = False
-
-    @property
-    def lookahead_frames(self) -> int:
-        return self._state.lookahead_frames
-
-    @property
-    def exact(self) -> bool:
-        """Whether the output equals whole decoding (full lookahead)."""
-        return self._state.exact
-
-    @property
-    def frames_pushed(self) -> int:
-        return self._pushed
-
-    def latency(self, sample_rate: float) -> float:
-        """Algorithmic latency in seconds: (lookahead + one chunk) frames."""
-        return (self.lookahead_frames + self.chunk_frames) * self.codec.hop / sample_rate
-
-    def _check_open(self):
-        if self._flushed:
-            raise ValueError("this stream was flushed; create a new DecodeStream to decode more")
-
-    def push(self, codes) -> np.ndarray:
-        """Push ``codes [B, n, L*G]`` (``n >= 0``); -> the samples now final, ``[B, T]``."""
-        self._check_open()
-        check_chunk(codes, self._state, None)
-        codes = np.asarray(codes)
-        active = codes[~self._ended]
-        if active.size:
-            k = self.codec.quantizer.codebook_size
-            lo, hi = int(active.min()), int(active.max())
-            if lo < 0 or hi >= k:
-                raise ValueError(f"codes must be in [0, {k}), got values in [{lo}, {hi}]")
-        codes = np.where(self._ended[:, None, None], 0, codes).astype(np.int32)
-        self._pending = np.concatenate([self._pending, codes], axis=1)
-        self._pushed += codes.shape[1]
-        return self._drain(full_only=True)
-
-    def end(self, streams) -> None:
-        """End the given streams (indices, or a ``[B]`` bool mask) after the frames pushed so
-        far; codes pushed for them later are ignored (any values). Their tails come out of the
-        following pushes, or of :meth:`flush`."""
-        self._check_open()
-        which = np.zeros(self.batch, bool)
-        streams = np.asarray(streams)
-        if streams.dtype == bool:
-            if streams.shape != (self.batch,):
-                raise ValueError(f"a stream mask must have shape ({self.batch},)")
-            which = streams
-        else:
-            if streams.size and (streams.min() < 0 or streams.max() >= self.batch):
-                raise ValueError(f"stream indices must be in [0, {self.batch}), got {streams}")
-            which[streams.astype(int)] = True
-        new = which & ~self._ended
-        self._ends[new] = self._pushed
-        self._ended |= which
-        self._state = end_streams(self._state, jnp.asarray(which), jnp.asarray(self._ends))
-
-    def flush(self) -> np.ndarray:
-        """End every stream and return the rest of the audio, ``[B, T]``; the stream is closed."""
-        self._check_open()
-        self.end(np.ones(self.batch, bool))
-        total = int(self._ends.max()) * self.codec.hop  # samples of the whole decode
-        out = [self._drain(full_only=False)]
-        zeros = np.zeros((self.batch, self.chunk_frames, self._state.num_streams), np.int32)
-        while self._emitted < total:
-            out.append(self._run(zeros))
-        self._flushed = True
-        pcm = np.concatenate(out, axis=1)
-        return pcm[:, : pcm.shape[1] - (self._emitted - total)]
-
-    def _drain(self, full_only: bool) -> np.ndarray:
-        n = self.chunk_frames
-        outs = []
-        while self._pending.shape[1] >= n or (not full_only and self._pending.shape[1]):
-            chunk = self._pending[:, :n]
-            if chunk.shape[1] < n:  # the last partial chunk: zero frames past every end
-                pad = np.zeros((self.batch, n - chunk.shape[1], chunk.shape[2]), np.int32)
-                chunk = np.concatenate([chunk, pad], axis=1)
-            self._pending = self._pending[:, n:]
-            outs.append(self._run(chunk))
-        if not outs:
-            return np.zeros((self.batch, 0), np.float32)
-        return np.concatenate(outs, axis=1)
-
-    def _run(self, chunk: np.ndarray) -> np.ndarray:
-        pcm, self._state = self._step(self.variables, self._state, jnp.asarray(chunk))
-        pcm = np.asarray(pcm)
-        drop = min(self._skip, pcm.shape[1])
-        self._skip -= drop
-        pcm = pcm[:, drop:]
-        self._emitted += pcm.shape[1]
-        return pcm

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from hificodec_jax.audio.audio_io import float_to_int16
-from hificodec_jax.models.streaming import DecodeStream
+from hificodec_jax.models.decode_stream import DecodeStream
 
 __all__ = ["stream_decode_to_pcm"]
 
