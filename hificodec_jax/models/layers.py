@@ -144,6 +144,27 @@ def polyphase_taps(kernel_size: int, stride: int) -> tuple[int, int, int]:
     return p, j_min, j_max
 
 
+def polyphase_kernel(kernel: jax.Array, stride: int) -> jax.Array:
+    """A transposed conv's ``kernel [K, C_in, C_out]`` as the ``[n_taps, C_in, S*C_out]`` kernel
+    of its stride-1 polyphase form (see :class:`ConvTranspose1d`); tap ``m`` reads input frame
+    ``t + m - j_max``."""
+    k, c_in, c_out = kernel.shape
+    s = stride
+    p, j_min, j_max = polyphase_taps(k, s)
+    # Gather the torch taps into a [n_taps, C_in, S, C_out] polyphase kernel (static indices).
+    n_taps = j_max - j_min + 1
+    index = np.zeros((n_taps, s), np.int32)
+    valid = np.zeros((n_taps, s), bool)
+    for m in range(n_taps):
+        j = j_max - m  # tap m reads input frame t + m - j_max = t - j
+        for r in range(s):
+            kk = j * s + r + p
+            if 0 <= kk < k:
+                index[m, r], valid[m, r] = kk, True
+    poly = jnp.where(valid[:, None, :, None], kernel[index].transpose(0, 2, 1, 3), 0.0)
+    return poly.reshape(n_taps, c_in, s * c_out)
+
+
 class ConvTranspose1d(_WeightNormed):
     """Transposed 1-D conv computed as a stride-1 polyphase conv: ``[B, F, C_in] -> [B, F*S, C_out]``.
 
@@ -172,19 +193,8 @@ class ConvTranspose1d(_WeightNormed):
         fan_in = c_out * k
         kernel = self.kernel_param((k, c_in, c_out), fan_in, norm_axes=(0, 2))
         bias = self.param("bias", _torch_uniform(1.0 / math.sqrt(fan_in)), (c_out,))
-        p, j_min, j_max = polyphase_taps(k, s)
-        # Gather the torch taps into a [n_taps, C_in, S, C_out] polyphase kernel (static indices).
-        n_taps = j_max - j_min + 1
-        index = np.zeros((n_taps, s), np.int32)
-        valid = np.zeros((n_taps, s), bool)
-        for m in range(n_taps):
-            j = j_max - m  # tap m reads input frame t + m - j_max = t - j
-            for r in range(s):
-                kk = j * s + r + p
-                if 0 <= kk < k:
-                    index[m, r], valid[m, r] = kk, True
-        poly = jnp.where(valid[:, None, :, None], kernel[index].transpose(0, 2, 1, 3), 0.0)
-        poly = poly.reshape(n_taps, c_in, s * c_out)
+        _, j_min, j_max = polyphase_taps(k, s)
+        poly = polyphase_kernel(kernel, s)
         y = jax.lax.conv_general_dilated(
             x,
             poly.astype(x.dtype),
