@@ -8,7 +8,9 @@ model directory) -> ``Model`` (unpacks as ``codec, variables``), ``download(name
 ``model_names()``, ``load_config(name_or_path)``, ``build_codec(config)``, ``save_model``.
 Coding: ``encode_batch`` / ``decode_batch`` (lists of clips of any lengths),
 ``chunked_encode`` / ``chunked_decode`` (long files in windows), ``read_hfc`` / ``write_hfc``
-(``.hfc`` bitstreams, ``HfcHeader``), ``enable_compilation_cache()``.
+(``.hfc`` bitstreams, ``HfcHeader``), ``enable_compilation_cache()``; ``DecodeStream`` (exact
+streaming decode of codes as they arrive; the functional form is
+:mod:`hificodec_jax.models.streaming`).
 Building blocks: ``Codec``, ``CodecOutput``, ``fold_weight_norm``, ``param_init_key``,
 ``bitrate``, ``hop_length``.
 """
@@ -38,6 +40,7 @@ _LAZY = {
     "write_hfc": "hificodec_jax.inference.bitstream",
     "HfcHeader": "hificodec_jax.inference.bitstream",
     "enable_compilation_cache": "hificodec_jax.inference.compile_cache",
+    "DecodeStream": "hificodec_jax.models.decode_stream",
     "Codec": "hificodec_jax.models.codec",
     "CodecOutput": "hificodec_jax.models.codec",
     "fold_weight_norm": "hificodec_jax.models.layers",
@@ -56,6 +59,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names load
     from hificodec_jax.loading import Model, load  # noqa: F401
     from hificodec_jax.model_dir import save_model  # noqa: F401
     from hificodec_jax.models.codec import Codec, CodecOutput  # noqa: F401
+    from hificodec_jax.models.decode_stream import DecodeStream  # noqa: F401
     from hificodec_jax.models.layers import fold_weight_norm, param_init_key  # noqa: F401
 
 

@@ -490,3 +490,28 @@ def test_a_second_cli_call_compiles_nothing(model_dir, tmp_path):
     assert first["miss"] > 0 and first["hit"] == 0, first
     assert second == {"hit": first["miss"], "miss": 0}, (first, second)
     assert (tmp_path / "cache").is_dir()
+
+
+def test_decode_stream_writes_the_whole_decode_as_raw_pcm_to_stdout(model_dir, tmp_path):
+    sf.write(tmp_path / "a.wav", synthetic_speech(16000, 0.5), 16000)
+    hfc = tmp_path / "a.hfc"
+    assert (
+        cli.main(["encode", str(tmp_path / "a.wav"), "--model", model_dir, "--out", str(hfc)]) == 0
+    )
+    env = {k: v for k, v in os.environ.items() if k != "HIFICODEC_TEST_XLA_CACHE"}
+    env["HIFICODEC_JAX_CACHE"] = "off"
+    argv = ["decode", str(hfc), "--model", model_dir, "--stream", "-", "--chunk-frames", "3"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "hificodec_jax.cli", *argv], env=env, capture_output=True,
+        timeout=600, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pcm = np.frombuffer(proc.stdout, "<i2")
+    codes, _ = read_hfc(hfc)
+    codec, variables = loading.load(model_dir)
+    whole = np.asarray(codec.apply(variables, codes[None], method="decode"))[0]
+    assert pcm.shape == whole.shape == (codes.shape[0] * codec.hop,)
+    assert np.max(np.abs(pcm.astype(int) - float_to_int16(whole).astype(int))) <= 1
+    assert "--stream takes one .hfc file" in _fail(
+        ["decode", str(tmp_path / "a.wav"), "--model", model_dir, "--stream", "-"]
+    )

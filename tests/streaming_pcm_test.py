@@ -8,7 +8,7 @@ import pytest
 from streaming_test import decode, random_codes, tiny
 
 from hificodec_jax.audio.audio_io import float_to_int16
-from hificodec_jax.codec.streaming_pcm import stream_decode_to_pcm
+from hificodec_jax.inference.streaming_pcm import stream_decode_to_pcm
 
 
 def test_pcm_bytes_equal_whole_decode_quantised():

@@ -3,6 +3,7 @@
 Subcommands (one module each in this package; ``hificodec-jax COMMAND --help`` for options):
     encode    IN [IN ...] --model MODEL [--out OUT.hfc|DIR] [--levels L] [--exact]
     decode    IN.hfc [IN.hfc ...] --model MODEL [--out OUT.wav|DIR] [--float] [--model-rate]
+              [--stream -|PCM_FILE --chunk-frames N]
     roundtrip IN [IN ...] --model MODEL [--out OUT.wav|DIR] [--levels L] [--exact] [--float]
     evaluate  --model MODEL --data DIR_OR_FILES [--out PREFIX] [--levels L]
     download  NAME [--revision R] [--force]
