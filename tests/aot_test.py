@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -39,8 +40,17 @@ def _need(platform: str) -> None:
 
 @pytest.fixture(scope="module")
 def tpu_train():
+    """The tiny train step for two v5e chips, and its compiled HLO text."""
     _need("tpu")
-    return aot.compile_job("v5e-2", tiny_step_config(), "train", batch_size=2)
+    hlo = []
+    report = aot.compile_job(
+        "v5e-2",
+        tiny_step_config(),
+        "train",
+        batch_size=2,
+        on_compiled=lambda c: hlo.append(c.as_text()),
+    )
+    return report, hlo[0]
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +96,7 @@ def _assert_tpu_estimates(report):
 
 
 def test_tiny_train_step_for_v5e(tpu_train):
-    r = tpu_train
+    r, _ = tpu_train
     _assert_memory(r, chips=2)
     _assert_tpu_estimates(r)
     assert r.batch == 2 and r.batch_per_chip == 1 and r.seconds == 0.25
@@ -96,6 +106,20 @@ def test_tiny_train_step_for_v5e(tpu_train):
     # not in a TPU program) in float32, the config's precision.
     assert r.form["strided_convolutions"] > 0 and r.form["cudnn_convolutions"] == 0
     assert set(r.form["conv_dtypes"]) == {"f32"}
+
+
+def test_train_step_moves_no_rows_between_chips(tpu_train):
+    """Each chip keeps its rows of the batch through the step: no collective-permute or
+    all-to-all. What crosses chips is the gradient and metric all-reduce and, from the
+    quantizer, the codebooks' statistics over the global batch (k-means initialisation and
+    dead-code restarts: all-gathers of codebook-sized arrays)."""
+    r, hlo = tpu_train
+    assert r.form["collective_permutes"] == 0 and r.form["all_to_alls"] == 0
+    assert r.form["all_reduces"] > 0
+    gathers = re.findall(r" all-gather(?:-start)?\(.*", hlo)
+    assert len(gathers) == r.form["all_gathers"]
+    for line in gathers:
+        assert "/quantizer/quantizer." in line, line
 
 
 def test_tiny_train_step_for_h100(gpu_train):

@@ -30,10 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target",
         required=True,
-        help=f"chip kind and count: one of {', '.join(targets_lib.target_names())}",
+        help="chips: <tpu>-<chips> (v5e, v6e; v4 and v5p count cores), <gpu>[-<gpus>] or cpu, "
+        f"e.g. {', '.join(targets_lib.target_names())}",
     )
     parser.add_argument(
-        "--config", required=True, help="config file (configs/*.py[:variant]) or released model"
+        "--config",
+        required=True,
+        help="config file (configs/*.py[:variant]) or released model; --config.KEY=VALUE "
+        "overrides its fields as in python -m hificodec_jax.main",
     )
     parser.add_argument(
         "--job", default="train", choices=("train", "encode", "decode", "roundtrip")

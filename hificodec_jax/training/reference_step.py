@@ -139,7 +139,7 @@ def make_reference_probe(
             units,
             state.d_params,
             state.spectral,
-            jnp.concatenate([target, jax.lax.stop_gradient(wav_hat)]),
+            train_step.real_and_fake(target, jax.lax.stop_gradient(wav_hat)),
             d_loss_fn,
             with_logits=True,
         )

@@ -12,7 +12,7 @@ The phases are functions of their own (:func:`generator_forward`,
 :mod:`~hificodec_jax.training.reference_step` runs in the same order to compare every term with
 the reference's training-parity fixture.
 
-Deviations (documented in docs/deviations.md): D sees real and fake as one concatenated batch (one
+Deviations (documented in docs/deviations.md): D sees real and fake as one batch (one
 spectral-norm power iteration per D step; the reference iterates on each of its calls), and a
 non-finite loss or gradient skips that update (counted in ``skipped``) instead of crashing.
 Optional, off by default: ``loss.reuse_real_features`` takes the G phase's feature-matching
@@ -91,6 +91,19 @@ def _after(x, previous):
     return x + 0.0 * jnp.where(jnp.isfinite(s), s, 0.0).astype(x.dtype)
 
 
+def real_and_fake(real: jax.Array, fake: jax.Array) -> jax.Array:
+    """``real`` and ``fake`` ``[B, ...]`` as one discriminator batch ``[2B, ...]`` of alternating
+    rows ``real_0, fake_0, real_1, ...``: with the batch split over chips every chip keeps its
+    own rows (concatenated along the batch, half of them would move between chips each step)."""
+    return jnp.stack([real, fake], axis=1).reshape(-1, *real.shape[1:])
+
+
+def _real_fake_rows(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The real and the fake rows of an output over a :func:`real_and_fake` batch."""
+    x = x.reshape(-1, 2, *x.shape[1:])
+    return x[:, 0], x[:, 1]
+
+
 def discriminator_gradients(
     units,
     d_params,
@@ -101,7 +114,8 @@ def discriminator_gradients(
     keep_real_fmaps: bool = False,
     with_logits: bool = False,
 ):
-    """D losses and gradients on ``d_in = concat([real, fake])``, one sub-discriminator at a time.
+    """D losses and gradients on ``d_in = real_and_fake(real, fake)``, one sub-discriminator at
+    a time.
 
     Returns ``(parts, grads, new_spectral, real_fmaps)``: ``parts["loss/d_<family>"]`` summed
     over the family's sub-discriminators; ``grads`` and ``new_spectral`` (one power iteration
@@ -110,9 +124,8 @@ def discriminator_gradients(
     the whole gradient. ``real_fmaps`` is ``None``, or with ``keep_real_fmaps`` per unit the
     feature maps of the real half of ``d_in`` from this forward pass (for
     ``loss.reuse_real_features``). ``with_logits`` adds each sub-discriminator's mean logit on
-    the real and the fake half as ``parts["logits/<family>_<index>_{real,fake}"]``.
+    the real and the fake rows as ``parts["logits/<family>_<index>_{real,fake}"]``.
     """
-    b = d_in.shape[0] // 2
     parts, grads, new_spectral, real_fmaps, previous = {}, [], [], [], None
     for unit in units:
 
@@ -120,9 +133,10 @@ def discriminator_gradients(
             (logits, fmaps), spec = unit.apply(
                 p, unit.subtree(spectral), _after(x, previous), update_stats=True
             )
-            real = [sg(f[:b]) for f in fmaps] if keep_real_fmaps else []
-            means = (jnp.mean(logits[:b]), jnp.mean(logits[b:]))
-            return d_loss_fn([logits[:b]], [logits[b:]]), (spec, real, means)
+            real = [sg(_real_fake_rows(f)[0]) for f in fmaps] if keep_real_fmaps else []
+            real_logits, fake_logits = _real_fake_rows(logits)
+            means = (jnp.mean(real_logits), jnp.mean(fake_logits))
+            return d_loss_fn([real_logits], [fake_logits]), (spec, real, means)
 
         (loss, (spec, real, means)), g = jax.value_and_grad(objective, has_aux=True)(
             unit.subtree(d_params)
@@ -327,7 +341,7 @@ def make_train_step(
             units,
             state.d_params,
             state.spectral,
-            jnp.concatenate([target, sg(wav_hat)]),
+            real_and_fake(target, sg(wav_hat)),
             d_loss_fn,
             keep_real_fmaps=reuse_real,
         )
