@@ -35,7 +35,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +46,7 @@ from hificodec_jax.data.demo_audio import synthetic_speech
 from hificodec_jax.models.discriminators import sub_discriminators
 from hificodec_jax.training import compilation as train
 from hificodec_jax.training import host_memory, losses, sharding
-from hificodec_jax.training.step import discriminator_gradients
+from hificodec_jax.training.step import discriminator_gradients, real_and_fake
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -139,7 +138,7 @@ def main(argv=None) -> dict:
         lambda p, s, x: discriminator_gradients(units, p, s, x, losses.lsgan_discriminator_loss),
         compiler_options=train.step_compiler_options() or None,
     )
-    d_in = jnp.concatenate([batch["wav"][:, : wav_hat.shape[1]], wav_hat])
+    d_in = real_and_fake(batch["wav"][:, : wav_hat.shape[1]], wav_hat)
     jax.block_until_ready(d_phase(state.d_params, state.spectral, d_in))
     fwd_s = _median_time(lambda: g_fwd(state.g_params, state.vq, batch["wav"]), args.repeats)
     d_s = _median_time(lambda: d_phase(state.d_params, state.spectral, d_in), args.repeats)

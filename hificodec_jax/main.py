@@ -16,6 +16,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from hificodec_jax import platforms
 from hificodec_jax.training import loop as train
 from hificodec_jax.training.preemption import PREEMPTED_EXIT_CODE
 
@@ -38,6 +39,7 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    platforms.default_to_cpu_without_accelerator()  # no TPU/CUDA probing on a chipless host
     if FLAGS.distributed or FLAGS.coordinator_address:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     name = os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS["config"])))[0]

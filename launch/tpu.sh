@@ -3,13 +3,17 @@
 #
 #   launch/tpu.sh up     --name codec --zone us-central2-b --accelerator v4-32 \
 #                        --config configs/grvq4.py --workdir gs://BUCKET/runs/grvq4 \
-#                        --data gs://BUCKET/data/libritts [--spot] [--queued] [--dry-run]
+#                        --data gs://BUCKET/data/libritts [--batch-size 64] [--config.KEY=VALUE]
+#                        [--spot] [--queued] [--no-preflight] [--dry-run]
 #   launch/tpu.sh logs   --name codec --zone us-central2-b      # follow worker 0's log
 #   launch/tpu.sh delete --name codec --zone us-central2-b [--queued]
 #
 # Commands: create (VM or queued resource), install (this checkout + jax[tpu] on every worker),
 # train (start main on every worker: --worker=all), up (= create, install, train), logs,
 # status, delete. --dry-run prints the gcloud commands instead of running them.
+# Pre-flight (up, train; also under --dry-run): the train step is first compiled here for the
+# accelerator, batch and config (needs this checkout installed with the [aot] extra); a job that
+# would not fit in the chips' memory stops the script before anything is created.
 # Resuming: run `train` (or `up` after a preemption) with the same --workdir: every start
 # resumes from the latest checkpoint there. Spot VMs get SIGTERM before they go away; the
 # trainer then writes a final checkpoint.
@@ -17,13 +21,13 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "$0")/common.sh"
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 CMD=${1:-}
 [ -n "$CMD" ] || usage 2
 shift
 NAME="" ZONE="" ACCEL="v4-8" VERSION="" CONFIG="configs/grvq4.py" WORKDIR="" DATA=""
-PROJECT="" SPOT=0 QUEUED=0
+PROJECT="" SPOT=0 QUEUED=0 BATCH="" PREFLIGHT=1 OVERRIDES=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --name) NAME=$2; shift 2 ;;
@@ -36,6 +40,10 @@ while [ $# -gt 0 ]; do
     --project) PROJECT=$2; shift 2 ;;
     --spot) SPOT=1; shift ;;
     --queued) QUEUED=1; shift ;;
+    --batch-size) BATCH=$2; shift 2 ;;
+    --config.*=*) OVERRIDES+=("$1"); shift ;;
+    --config.*) OVERRIDES+=("$1=$2"); shift 2 ;;
+    --no-preflight) PREFLIGHT=0; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
     -h|--help) usage 0 ;;
     *) die "unknown option $1 (see --help)" ;;
@@ -95,18 +103,26 @@ install() {
 
 train() {
   [ -n "$WORKDIR" ] || die "--workdir is required (a gs:// path shared by all workers)"
-  local data_flag=""
-  [ -n "$DATA" ] && data_flag="--config.data.tfds_dir=$DATA"
+  local flags=()
+  [ -n "$DATA" ] && flags+=("--config.data.tfds_dir=$DATA")
+  [ -n "$BATCH" ] && flags+=("--config.batch_size=$BATCH")
+  flags+=("${OVERRIDES[@]}")
   # Every worker runs the same command; jax.distributed.initialize() finds the others itself.
   run "${SSH[@]}" --command="cd ~/hificodec_jax && nohup ~/venv/bin/python -m hificodec_jax.main \
---config=$CONFIG --workdir=$WORKDIR $data_flag --distributed > ~/train.log 2>&1 &"
+--config=$CONFIG --workdir=$WORKDIR ${flags[*]@Q} --distributed > ~/train.log 2>&1 &"
+}
+
+check() {
+  [ "$PREFLIGHT" = 1 ] || return 0
+  [ -n "$WORKDIR" ] || die "--workdir is required (a gs:// path shared by all workers)"
+  preflight "$ACCEL" "$CONFIG" "$BATCH" "${OVERRIDES[@]}"
 }
 
 case "$CMD" in
   create) create ;;
   install) install ;;
-  train) train ;;
-  up) create; install; train ;;
+  train) check; train ;;
+  up) check; create; install; train ;;
   logs) run "${GC[@]}" tpu-vm ssh "$NAME" "${COMMON[@]}" --worker=0 --command="tail -n 200 -F ~/train.log" ;;
   status)
     if [ "$QUEUED" = 1 ]; then run "${GC[@]}" queued-resources describe "$NAME" "${COMMON[@]}"

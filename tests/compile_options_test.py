@@ -111,7 +111,7 @@ def test_build_step_compiles_with_the_step_options(monkeypatch):
     # A step built with options XLA rejects fails to compile, however it is compiled: so the
     # step's compiler options reach the step that tests and users call directly too.
     bogus = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_NO_SUCH_TYPE"}
-    monkeypatch.setattr(compilation, "step_compiler_options", lambda: dict(bogus))
+    monkeypatch.setattr(compilation, "step_compiler_options", lambda platform=None: dict(bogus))
     config = tiny_step_config()
     mesh = sharding.make_mesh(jax.devices()[:1])
     _, _, abstract, step = compilation.build(config, mesh)

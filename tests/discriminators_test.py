@@ -32,6 +32,7 @@ from hificodec_jax.models.discriminators import (
 )
 from hificodec_jax.models.layers import weight_norm_kernel
 from hificodec_jax.models.stft_discriminator import stft_features
+from hificodec_jax.training.step import real_and_fake
 
 KEY = jax.random.key(0)
 
@@ -342,30 +343,30 @@ def test_sub_discriminators_one_at_a_time_equal_the_whole():
 
 
 def test_separate_calls_iterate_like_torch():
-    """``calls=2`` runs the spectral-normed scale on each half as its own training-mode call (one
-    power iteration before each, torch's ``D(y)`` then ``D(y_hat)``): the halves' outputs and
-    the last vectors are two sequential calls', and the halves see different sigmas. The
-    vectors equal two stored-vector iterations (:func:`power_iterations`)."""
+    """``calls=2`` runs the spectral-normed scale on the even (real) and the odd (fake) rows as
+    two training-mode calls (one power iteration before each, torch's ``D(y)`` then
+    ``D(y_hat)``): the outputs, interleaved back, and the last vectors are two sequential calls',
+    and the two see different sigmas. The vectors equal two stored-vector iterations
+    (:func:`power_iterations`)."""
     d = Discriminators(families=("msd",), msd_layers=((8, 15, 1, 1), (8, 41, 4, 4)))
     unit = sub_discriminators(d)[0]
     assert unit.spectral
     real, fake = _noise((2, 400), seed=10), _noise((2, 400), seed=11, scale=0.2)
     variables = _fake_variables(d, real)
     params, spec = unit.subtree(variables["params"]), unit.subtree(variables["spectral"])
-    (both, both_fmaps), spec2 = unit.apply(
-        params, spec, jnp.concatenate([real, fake]), update_stats=True, calls=2
-    )
+    rows = real_and_fake(real, fake)  # real_0, fake_0, real_1, fake_1
+    (both, both_fmaps), spec2 = unit.apply(params, spec, rows, update_stats=True, calls=2)
     (lr, fr), spec_r = unit.apply(params, spec, real, update_stats=True)
     (lf, ff), spec_f = unit.apply(params, spec_r, fake, update_stats=True)
-    np.testing.assert_array_equal(both, jnp.concatenate([lr, lf]))
+    np.testing.assert_array_equal(both, real_and_fake(lr, lf))
     for a, r, f in zip(both_fmaps, fr, ff, strict=True):
-        np.testing.assert_array_equal(a, jnp.concatenate([r, f]))
+        np.testing.assert_array_equal(a, real_and_fake(r, f))
     for a, b in zip(jax.tree.leaves(spec2), jax.tree.leaves(spec_f), strict=True):
         np.testing.assert_array_equal(a, b)
     # one batched call: one iteration, so the fake half differs (random vectors: far from converged)
-    (one, _), spec1 = unit.apply(params, spec, jnp.concatenate([real, fake]), update_stats=True)
-    np.testing.assert_array_equal(one[:2], lr)
-    assert np.max(np.abs(one[2:] - lf)) > 1e-3 * np.max(np.abs(lf))
+    (one, _), spec1 = unit.apply(params, spec, rows, update_stats=True)
+    np.testing.assert_array_equal(one[0::2], lr)
+    assert np.max(np.abs(one[1::2] - lf)) > 1e-3 * np.max(np.abs(lf))
     iterated = {"msd": {"discriminators_0": power_iterations(params, spec, 2)}}
     stored = {"msd": {"discriminators_0": spec2}}
     for a, b in zip(jax.tree.leaves(iterated), jax.tree.leaves(stored), strict=True):

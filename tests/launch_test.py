@@ -1,9 +1,12 @@
-"""launch/: every script is shellcheck-clean, and --dry-run prints the expected commands."""
+"""launch/: every script is shellcheck-clean, --dry-run prints the expected commands, and the
+pre-flight compile refuses a job that would not fit before anything is created."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 from helpers import REPO
@@ -13,10 +16,11 @@ SCRIPTS = sorted(str(p) for p in LAUNCH.iterdir() if p.suffix in (".sh", ".sbatc
 
 
 def _dry(script: str, *args: str) -> list[str]:
+    """The commands ``script`` would run (``--dry-run``), without the pre-flight compile."""
     args = list(args)
     at = args.index("--") if "--" in args else len(args)  # before pass-through flags
     out = subprocess.run(
-        ["bash", str(LAUNCH / script), *args[:at], "--dry-run", *args[at:]],
+        ["bash", str(LAUNCH / script), *args[:at], "--no-preflight", "--dry-run", *args[at:]],
         capture_output=True,
         text=True,
         check=True,
@@ -78,10 +82,23 @@ def test_tpu_rejects_missing_arguments():
     assert proc.returncode == 2 and "--workdir is required" in proc.stderr
 
 
+def test_tpu_passes_batch_size_and_config_overrides_to_the_trainer():
+    *_, train = _dry(
+        "tpu.sh", "up", "--name", "n", "--zone", "z", "--workdir", "gs://b/r",
+        "--batch-size", "64", "--config.precision=bfloat16", "--config.mesh.fsdp", "2",
+    )  # fmt: skip
+    train = train.replace("\\", "")
+    for piece in ("'--config.batch_size=64'", "'--config.precision=bfloat16'",
+                  "'--config.mesh.fsdp=2'"):  # fmt: skip
+        assert piece in train, piece
+
+
 def test_gpu_and_slurm_dry_run():
     (cmd,) = _dry("gpu.sh", "--workdir", "runs/x", "--", "--config.batch_size=16")
     assert "-m hificodec_jax.main --config=configs/grvq4.py --workdir=runs/x" in cmd
     assert cmd.rstrip().endswith("--config.batch_size=16")
+    (cmd,) = _dry("gpu.sh", "--workdir", "runs/x", "--batch-size", "32", "--config.seed=7")
+    assert cmd.rstrip().endswith("--config.batch_size=32 --config.seed=7")
     *setup, _ = _dry("gpu.sh", "--install", "--workdir", "runs/x")
     assert "[train]" in setup[-1].replace("\\", "") and "jax[cuda12]==" in setup[-1].replace(
         "\\", ""
@@ -89,5 +106,31 @@ def test_gpu_and_slurm_dry_run():
     (sbatch,) = _dry("slurm.sh", "--nodes", "4", "--workdir", "/shared/r", "--partition", "gpu")
     assert sbatch.startswith("sbatch --nodes=4 --ntasks-per-node=1 --gpus-per-node=8")
     assert "--partition=gpu" in sbatch and sbatch.rstrip().endswith("launch/slurm_job.sbatch")
+    (sbatch,) = _dry("slurm.sh", "--workdir", "/shared/r", "--batch-size", "128", "--config.seed=7")
+    assert sbatch.rstrip().endswith(
+        "launch/slurm_job.sbatch --config.seed=7 --config.batch_size=128"
+    )
     job = (LAUNCH / "slurm_job.sbatch").read_text()
     assert "--requeue" in job and "--signal=TERM@120" in job and "--distributed" in job
+
+
+def test_preflight_refuses_a_job_that_does_not_fit_before_creating_anything():
+    # A fake 0.1 MiB of HBM per chip: the tiny config's state alone is larger, so the check
+    # refuses after lowering the step, without a TPU compile.
+    env = {**os.environ, "PYTHON": sys.executable, "HIFICODEC_AOT_CAPACITY_GIB": "0.0001"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        ["bash", str(LAUNCH / "tpu.sh"), "up", "--name", "n", "--zone", "z",
+         "--accelerator", "v5litepod-4", "--config", "configs/tiny.py", "--workdir", "gs://b/r",
+         "--batch-size", "64", "--dry-run"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    if "pre-flight skipped" in proc.stdout:  # no [aot] extra here
+        if os.environ.get("CI"):
+            pytest.fail(f"{proc.stdout} (required when CI is set)")
+        pytest.skip(proc.stdout.strip())
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "gcloud" not in proc.stdout  # nothing created, installed or started
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+    assert line.startswith("error: pre-flight for v5litepod-4: train at batch 64 (16 per chip)")
+    assert "it does not fit; not launching (--no-preflight skips this check)" in line

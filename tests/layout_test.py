@@ -14,6 +14,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "hificodec_jax"
 # Lower rank = lower floor; a module may import its own floor and any floor below it. Keys are
 # wings (a folder) or modules; the most specific key names a module's floor.
 RANK = {
+    "platforms": 0,  # which backend JAX starts (imports only jax)
     "audio": 0,
     "models": 1,
     "config_defaults": 2,
@@ -31,9 +32,11 @@ RANK = {
     "training": 13,
     "reference": 14,  # training_import, resume, parity: a reference run into our train state
     "training.loop": 15,  # the trainer, whose resume path imports reference.resume
-    "cli": 16,
-    "main": 16,
-    "__init__": 17,
+    "tokens": 16,  # tokenizing corpora for codec language models
+    "aot": 16,  # compiling the trainer's and the codec's programs for TPU/GPU targets
+    "cli": 17,
+    "main": 17,
+    "__init__": 18,
 }
 INTEROP_IMPORTERS = {"cli", "hub", "training.loop", "reference", "codec"}  # codec: 0.2 aliases
 

@@ -16,7 +16,11 @@ from hificodec_jax.data.demo_audio import synthetic_speech
 from hificodec_jax.models.discriminators import Discriminators, sub_discriminators
 from hificodec_jax.training import losses, sharding
 from hificodec_jax.training.compilation import build
-from hificodec_jax.training.step import adversarial_wave_gradient, discriminator_gradients
+from hificodec_jax.training.step import (
+    adversarial_wave_gradient,
+    discriminator_gradients,
+    real_and_fake,
+)
 
 
 @functools.cache
@@ -242,7 +246,7 @@ def test_one_sub_discriminator_at_a_time_equals_the_whole_objective(recipe):
     normalized = lc.feature_matching == "normalized"
     variables = discs.init(jax.random.key(0), target)
     params, spectral = variables["params"], variables["spectral"]
-    d_in = jnp.concatenate([target, wav_hat])
+    d_in = real_and_fake(target, wav_hat)  # rows real_0, fake_0, real_1, fake_1
     units = sub_discriminators(discs)
 
     def whole_d(p):
@@ -250,7 +254,7 @@ def test_one_sub_discriminator_at_a_time_equals_the_whole_objective(recipe):
             {"params": p, "spectral": spectral}, d_in, update_stats=True, mutable=["spectral"]
         )
         parts = {
-            f"loss/d_{f}": d_loss_fn([lg[:2] for lg, _ in subs], [lg[2:] for lg, _ in subs])
+            f"loss/d_{f}": d_loss_fn([lg[0::2] for lg, _ in subs], [lg[1::2] for lg, _ in subs])
             for f, subs in out.items()
         }
         return sum(parts.values()), (parts, upd["spectral"])
@@ -308,7 +312,7 @@ def test_reused_real_features_are_the_d_phase_forward():
     variables = discs.init(jax.random.key(0), target)
     p0, spectral = variables["params"], variables["spectral"]
     units = sub_discriminators(discs)
-    d_in = jnp.concatenate([target, wav_hat])
+    d_in = real_and_fake(target, wav_hat)
     d_phase = jax.jit(
         lambda p, s, x: discriminator_gradients(units, p, s, x, d_loss_fn, keep_real_fmaps=True)
     )

@@ -10,6 +10,8 @@ Subcommands (one module each in this package; ``hificodec-jax COMMAND --help`` f
     convert   CKPT.pth --config NAME_OR_FILE --out MODEL_DIR
     export    MODEL --out DIR [--platforms cpu,cuda,tpu]
     prepare   --kind libritts|vctk|aishell|generic --root COPY --out DIR [--sample_rate SR]
+    compile   --target v5e-8|h100|... --config CONFIG[:variant] [--config.KEY=VALUE ...]
+              --job train|encode|decode|roundtrip [--batch-size N | --max-batch]
 
 Inputs are files, directories (searched recursively; outputs keep the relative directory
 structure) or globs; without ``--out`` each output goes beside its input. Audio is read with
@@ -28,7 +30,7 @@ import argparse
 import importlib
 import sys
 
-from hificodec_jax import __version__
+from hificodec_jax import __version__, platforms
 from hificodec_jax.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, CliError
 
 __all__ = ["COMMANDS", "CliError", "main", "make_parser"]
@@ -37,6 +39,7 @@ __all__ = ["COMMANDS", "CliError", "main", "make_parser"]
 # its heavy imports inside ``run`` so that ``--help`` and bad arguments answer at once).
 COMMANDS = (
     "encode", "decode", "roundtrip", "evaluate", "download", "convert", "export", "prepare",
+    "compile",
 )  # fmt: skip
 
 
@@ -72,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the command line; returns the exit status (0 or 1), or raises :class:`CliError`
     (a ``SystemExit``) after printing one line."""
     args = make_parser().parse_args(argv)
+    platforms.default_to_cpu_without_accelerator()  # plugins of the [aot] extra, no chip here
     try:
         return args.run(args)
     except CliError as e:

@@ -68,9 +68,11 @@ class SubDiscriminator:
 
         Equals the corresponding entry of the family's (and ``Discriminators``') output
         (``params``/``spectral`` are this sub-discriminator's subtrees). ``calls > 1``: ``wav``
-        stacks that many calls' batches (equal sizes) along the batch axis, and a spectral-normed
-        unit with ``update_stats`` runs them one after another, one power iteration before each
-        (torch's training-mode calls); the returned vectors are the last call's.
+        interleaves that many calls' batches row by row (row ``i`` belongs to call
+        ``i % calls``, as the train step lays out real and fake rows, so a batch split over
+        chips keeps its rows), and a spectral-normed unit with ``update_stats`` runs the calls
+        one after another, one power iteration before each (torch's training-mode calls); the
+        outputs come back interleaved the same way, the vectors are the last call's.
         """
         if not self.spectral:
             return self.module.apply({"params": params}, wav, method=self._call_plain), {}
@@ -78,10 +80,14 @@ class SubDiscriminator:
             if wav.shape[0] % calls:
                 raise ValueError(f"batch of {wav.shape[0]} does not split into {calls} calls")
             outs = []
-            for part in jnp.split(wav, calls):
-                out, spectral = self.apply(params, spectral, part, update_stats=True)
+            for i in range(calls):
+                out, spectral = self.apply(params, spectral, wav[i::calls], update_stats=True)
                 outs.append(out)
-            return jax.tree.map(lambda *a: jnp.concatenate(a), *outs), spectral
+
+            def interleave(*a):
+                return jnp.stack(a, axis=1).reshape(-1, *a[0].shape[1:])
+
+            return jax.tree.map(interleave, *outs), spectral
         out, upd = self.module.apply(
             {"params": params, "spectral": spectral},
             wav,

@@ -123,13 +123,13 @@ def make_reference_probe(
             units,
             state.d_params,
             state.spectral,
-            jnp.concatenate([target, jax.lax.stop_gradient(wav_hat)]),
+            train_step.real_and_fake(target, jax.lax.stop_gradient(wav_hat)),
             d_loss_fn,
             with_logits=True,
             per_call=per_call,
         )
         d_loss = sum(v for k, v in d_parts.items() if k.startswith("loss/"))
-        d_params, _, spectral, _, _ = train_step._update_if_finite(
+        d_params, _, spectral, _, _ = optim.update_if_finite(
             tx_d, d_loss, d_grads, state.d_params, state.d_opt_state, spectral_new, state.spectral
         )
         d_terms = {f"d_{f}": d_parts.get(f"loss/d_{f}", jnp.zeros(())) for f in ("mpd", "msd")}

@@ -1,5 +1,5 @@
 """The train programs: built (:func:`build`) and compiled ahead of time (:func:`compile_step`),
-with the XLA compiler options this backend accepts (:func:`step_compiler_options`).
+with the XLA compiler options of the platform it is compiled for (:func:`step_compiler_options`).
 
 :func:`build` makes the sharded state initialiser and the jitted train step for a config on a
 ``(data, fsdp)`` mesh; :func:`compile_step` compiles both before any state exists, so the
@@ -51,7 +51,8 @@ def build(config: ml_collections.ConfigDict, mesh, steps_per_epoch: int | None =
         in_shardings=(state_sharding, data),
         out_shardings=(state_sharding, repl),
         donate_argnums=(0,),
-        compiler_options=step_compiler_options() or None,  # however the step gets compiled
+        # however the step gets compiled; for the mesh's chips, not this host's
+        compiler_options=step_compiler_options(mesh_platform(mesh)) or None,
     )
     return codec, init, abstract, step
 
@@ -133,19 +134,27 @@ _CPU_STEP_OPTIONS = {
 }
 
 
-def step_compiler_options() -> dict:
-    """XLA compiler options for the train step on this backend: ``{}`` off CPU, and ``{}``
-    where this XLA rejects them (an unknown option or enum value; warned once)."""
-    if jax.default_backend() != "cpu":
+def mesh_platform(mesh) -> str:
+    """The platform of a mesh's devices ("cpu", "tpu", "cuda", ...), which may not be this
+    host's (a mesh of compile-only TPU devices on a CPU host)."""
+    return mesh.devices.flat[0].platform
+
+
+def step_compiler_options(platform: str | None = None) -> dict:
+    """XLA compiler options for the train step on ``platform``, the target's (default: JAX's
+    default backend): ``{}`` off CPU, and ``{}`` where this XLA rejects them (an unknown option
+    or enum value; warned once)."""
+    if (platform or jax.default_backend()) != "cpu":
         return {}
     return dict(_accepted_options(tuple(sorted(_CPU_STEP_OPTIONS.items()))))
 
 
 @functools.cache
 def _accepted_options(options: tuple) -> tuple:
-    """``options`` if this XLA compiles a trivial program with them, else ``()``."""
+    """``options`` if this XLA CPU compiles a trivial program with them, else ``()``."""
     try:
-        jax.jit(lambda x: x + 1, compiler_options=dict(options))(jnp.zeros((), jnp.float32))
+        x = jax.device_put(jnp.zeros((), jnp.float32), jax.devices("cpu")[0])
+        jax.jit(lambda x: x + 1, compiler_options=dict(options))(x)
     except jax.errors.JaxRuntimeError as e:
         logging.warning("compiling the train step without %s: %s", [k for k, _ in options], e)
         return ()

@@ -12,10 +12,11 @@ The phases are functions of their own (:func:`generator_forward`,
 :mod:`~hificodec_jax.reference.parity` runs in the same order to compare every term with
 the reference's training-parity fixture.
 
-Deviations (documented in docs/deviations.md): D sees real and fake as one concatenated batch;
-``disc.spectral_norm_iterations="per_step"`` runs MSD's power iteration once per step (torch's
-``"per_call"``: before each real and fake call, D and G phase); a non-finite loss or gradient
-skips that update (counted in ``skipped``) instead of crashing.
+Deviations (documented in docs/deviations.md): D sees real and fake as one batch of
+alternating rows (:func:`real_and_fake`); ``disc.spectral_norm_iterations="per_step"`` runs
+MSD's power iteration once per step (torch's ``"per_call"``: before each real and fake call, D
+and G phase); a non-finite loss or gradient skips that update (counted in ``skipped``) instead
+of crashing.
 Optional, off by default: ``loss.reuse_real_features`` takes the G phase's feature-matching
 targets from the D phase's forward pass on the real audio (D before its update) instead of a
 second forward pass with the updated D (one forward pass per sub-discriminator less).
@@ -35,7 +36,7 @@ import optax
 from hificodec_jax.models import discriminators
 from hificodec_jax.models.layers import param_init_key
 from hificodec_jax.models.quantizer import stream_names
-from hificodec_jax.training import losses
+from hificodec_jax.training import losses, optim
 
 sg = jax.lax.stop_gradient
 
@@ -92,6 +93,19 @@ def _after(x, previous):
     return x + 0.0 * jnp.where(jnp.isfinite(s), s, 0.0).astype(x.dtype)
 
 
+def real_and_fake(real: jax.Array, fake: jax.Array) -> jax.Array:
+    """``real`` and ``fake`` ``[B, ...]`` as one discriminator batch ``[2B, ...]`` of alternating
+    rows ``real_0, fake_0, real_1, ...``: with the batch split over chips every chip keeps its
+    own rows (concatenated along the batch, half of them would move between chips each step)."""
+    return jnp.stack([real, fake], axis=1).reshape(-1, *real.shape[1:])
+
+
+def _real_fake_rows(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The real and the fake rows of an output over a :func:`real_and_fake` batch."""
+    x = x.reshape(-1, 2, *x.shape[1:])
+    return x[:, 0], x[:, 1]
+
+
 def discriminator_gradients(
     units,
     d_params,
@@ -103,7 +117,8 @@ def discriminator_gradients(
     with_logits: bool = False,
     per_call: bool = False,
 ):
-    """D losses and gradients on ``d_in = concat([real, fake])``, one sub-discriminator at a time.
+    """D losses and gradients on ``d_in = real_and_fake(real, fake)``, one sub-discriminator at
+    a time.
 
     Returns ``(parts, grads, new_spectral, real_fmaps)``: ``parts["loss/d_<family>"]`` summed
     over the family's sub-discriminators; ``grads`` and ``new_spectral`` (one power iteration
@@ -112,11 +127,11 @@ def discriminator_gradients(
     the whole gradient. ``real_fmaps`` is ``None``, or with ``keep_real_fmaps`` per unit the
     feature maps of the real half of ``d_in`` from this forward pass (for
     ``loss.reuse_real_features``). ``with_logits`` adds each sub-discriminator's mean logit on
-    the real and the fake half as ``parts["logits/<family>_<index>_{real,fake}"]``.
-    ``per_call`` runs a spectral-normed sub-discriminator on the real and the fake half as two
+    the real and the fake rows as ``parts["logits/<family>_<index>_{real,fake}"]``.
+    ``per_call`` runs a spectral-normed sub-discriminator on the real and the fake rows as two
     calls, one power iteration before each (torch's), instead of one call and one iteration.
     """
-    b, calls = d_in.shape[0] // 2, 2 if per_call else 1
+    calls = 2 if per_call else 1
     parts, grads, new_spectral, real_fmaps, previous = {}, [], [], [], None
     for unit in units:
 
@@ -124,9 +139,10 @@ def discriminator_gradients(
             (logits, fmaps), spec = unit.apply(
                 p, unit.subtree(spectral), _after(x, previous), update_stats=True, calls=calls
             )
-            real = [sg(f[:b]) for f in fmaps] if keep_real_fmaps else []
-            means = (jnp.mean(logits[:b]), jnp.mean(logits[b:]))
-            return d_loss_fn([logits[:b]], [logits[b:]]), (spec, real, means)
+            real = [sg(_real_fake_rows(f)[0]) for f in fmaps] if keep_real_fmaps else []
+            real_logits, fake_logits = _real_fake_rows(logits)
+            means = (jnp.mean(real_logits), jnp.mean(fake_logits))
+            return d_loss_fn([real_logits], [fake_logits]), (spec, real, means)
 
         (loss, (spec, real, means)), g = jax.value_and_grad(objective, has_aux=True)(
             unit.subtree(d_params)
@@ -281,31 +297,6 @@ def g_phase_spectral(d_params, spectral, *, per_call: bool, reuse_real: bool = F
     return real, discriminators.power_iterations(d_params, real, 1)
 
 
-def _update_if_finite(tx, loss, grads, params, opt_state, extra_new, extra_old):
-    """One optax update, applied only when ``loss`` and the gradient norm are finite.
-
-    Returns ``(params, opt_state, extra, grad_norm, ok)``; ``extra`` (non-optax state updated
-    by the same forward pass, e.g. EMA codebooks) follows the same decision. The update runs
-    inside one conditional, so that the new parameters and moments are not held next to the old
-    ones until the end of the step, and one finiteness test (a NaN/inf anywhere already makes the
-    global gradient norm non-finite) replaces a ``jnp.where`` per leaf, which compiles slowly.
-    """
-    grad_norm = optax.tree.norm(grads)
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-
-    def apply(operands):
-        grads, params, opt_state, extra_new, _ = operands
-        updates, opt_new = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_new, extra_new
-
-    def keep(operands):
-        _, params, opt_state, _, extra_old = operands
-        return params, opt_state, extra_old
-
-    operands = (grads, params, opt_state, extra_new, extra_old)
-    return (*jax.lax.cond(ok, apply, keep, operands), grad_norm, ok)
-
-
 def make_train_step(
     codec: nn.Module,
     discs: nn.Module,
@@ -345,13 +336,13 @@ def make_train_step(
             units,
             state.d_params,
             state.spectral,
-            jnp.concatenate([target, sg(wav_hat)]),
+            real_and_fake(target, sg(wav_hat)),
             d_loss_fn,
             keep_real_fmaps=reuse_real,
             per_call=per_call,
         )
         d_loss = sum(d_parts.values())
-        d_params, d_opt_state, spectral, d_grad_norm, d_ok = _update_if_finite(
+        d_params, d_opt_state, spectral, d_grad_norm, d_ok = optim.update_if_finite(
             tx_d, d_loss, d_grads, state.d_params, state.d_opt_state, spectral_new, state.spectral
         )
         metrics.update(d_parts)
@@ -364,7 +355,7 @@ def make_train_step(
             units, d_params, spectral_g, target, wav_hat, lengths, q_loss, g_vjp, config, real_fmaps
         )
         spectral = spectral_g[1]  # the last call's
-        g_params, g_opt_state, vq, g_grad_norm, g_ok = _update_if_finite(
+        g_params, g_opt_state, vq, g_grad_norm, g_ok = optim.update_if_finite(
             tx_g, g_loss, g_grads, state.g_params, state.g_opt_state, vq_new, state.vq
         )
         metrics.update(g_parts)

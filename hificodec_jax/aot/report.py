@@ -1,0 +1,153 @@
+"""The report of an ahead-of-time compile (:mod:`hificodec_jax.aot.compile`): per-chip memory,
+FLOPs, the compiler's labelled estimates and the program's form, as a table and as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Report:
+    """What one compile of a job for a target says; bytes and FLOPs are per chip."""
+
+    target: str
+    platform: str
+    chips: int
+    job: str
+    precision: str
+    batch: int  # global
+    batch_per_chip: int
+    seconds: float  # audio per example
+    capacity_bytes: int  # HBM the job may use per chip
+    state_bytes: int  # parameters, optimizer and codebook state (inference: the variables)
+    batch_bytes: int
+    output_bytes: int  # outputs that do not reuse a donated input's memory
+    temp_bytes: int
+    code_bytes: int
+    total_bytes: int
+    fits: bool
+    headroom_bytes: int
+    lower_s: float
+    compile_s: float
+    flops: float | None  # per chip per call; None where the compiler gives none
+    flops_source: str
+    bytes_accessed: float | None
+    priced_s: float | None = None  # TPU cost model, unpriced custom calls added back
+    unpriced_calls: int = 0
+    cycles: int | None = None
+    cycles_s: float | None = None  # TPU cycle model / clock
+    compute_floor_s: float | None = None  # GPU: our FLOPs / bf16 peak, a lower bound
+    audio_s_per_chip_s: dict = dataclasses.field(default_factory=dict)  # per estimate
+    mfu: dict = dataclasses.field(default_factory=dict)  # per estimate, vs bf16 peak
+    form: dict = dataclasses.field(default_factory=dict)
+    # False: the inputs alone exceed the capacity, so it was not compiled (``total_bytes`` is
+    # then the inputs' size, a lower bound)
+    compiled: bool = True
+    estimate_note: str = "estimates from the compiler's cost models, not measurements"
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# The programs
+# ----------------------------------------------------------------------------------------------
+
+
+def program_form(hlo: str) -> dict:
+    """Counts that show the compiled program's form: loops, convolutions and their dtypes,
+    cuDNN convolutions (GPU) and cross-chip collectives."""
+    convs = re.findall(r"= (\w+)\[[^\]]*\]\S* convolution\((.*)$", hlo, re.M)
+    cudnn = re.findall(
+        r"= \((\w+)\[[^\n]*custom-call\([^\n]*custom_call_target=\"__cudnn\$conv", hlo
+    )
+    dtypes: dict[str, int] = {}
+    for dtype in [d for d, _ in convs] + cudnn:
+        dtypes[dtype] = dtypes.get(dtype, 0) + 1
+
+    def ops(name):  # an async pair (-start / -done) counts once
+        return len(re.findall(rf" {name}(?:-start)?\(", hlo))
+
+    return {
+        "while_loops": ops("while"),
+        "convolutions": len(convs),
+        "grouped_convolutions": sum("feature_group_count=" in rest for _, rest in convs),
+        "strided_convolutions": sum(
+            bool(re.search(r"window=\{[^}]*stride=\d*[2-9]", rest)) for _, rest in convs
+        ),
+        "cudnn_convolutions": len(cudnn),
+        "conv_dtypes": dtypes,
+        "collective_permutes": ops("collective-permute"),
+        "all_to_alls": ops("all-to-all"),
+        "all_reduces": ops("all-reduce"),
+        "all_gathers": ops("all-gather"),
+        "reduce_scatters": ops("reduce-scatter"),
+    }
+
+
+def format_table(report: Report) -> str:
+    """A short human-readable table of a report."""
+    gib = 1024**3
+
+    def g(x):
+        return f"{x / gib:8.3f} GiB"
+
+    lines = [
+        f"{report.job} for {report.target} ({report.chips} x {report.platform}), "
+        f"{report.precision}, batch {report.batch} ({report.batch_per_chip} per chip) x "
+        f"{report.seconds:g} s",
+        f"  state        {g(report.state_bytes)} per chip",
+        f"  batch        {g(report.batch_bytes)}",
+        f"  outputs      {g(report.output_bytes)}",
+        f"  temporaries  {g(report.temp_bytes)}",
+        f"  code         {g(report.code_bytes)}",
+        f"  total        {g(report.total_bytes)} of {report.capacity_bytes / gib:.2f} GiB: "
+        + ("fits" if report.fits else "DOES NOT FIT")
+        + f", headroom {report.headroom_bytes / gib:.2f} GiB",
+        f"  compile      {report.compile_s:.1f} s (lowering {report.lower_s:.1f} s)"
+        + ("" if report.compiled else ": not compiled, the inputs alone exceed the capacity"),
+    ]
+    if report.flops is not None:
+        lines.append(
+            f"  FLOPs        {report.flops / 1e9:.2f} GFLOP per chip ({report.flops_source})"
+        )
+    if report.compute_floor_s is not None:
+        lines.append(
+            f"  compute floor {1e3 * report.compute_floor_s:.3f} ms per step (FLOPs at the bf16 "
+            "peak: a lower bound, not an estimate)"
+        )
+    for name, step_s in (("priced", report.priced_s), ("cycles", report.cycles_s)):
+        if step_s is not None:
+            extra = ""
+            if name in report.audio_s_per_chip_s:
+                extra = f", {report.audio_s_per_chip_s[name]:.1f} audio s per chip-s"
+            if name in report.mfu:
+                extra += f", MFU {100 * report.mfu[name]:.1f} %"
+            lines.append(f"  ESTIMATE {name:8s} {1e3 * step_s:.2f} ms per step{extra}")
+    f = report.form
+    if not f:
+        return "\n".join(lines)
+    lines.append(
+        f"  form         {f['while_loops']} while, {f['convolutions']} conv "
+        f"({f['grouped_convolutions']} grouped, {f['strided_convolutions']} strided), "
+        f"{f['cudnn_convolutions']} cuDNN conv, conv dtypes {f['conv_dtypes']}, "
+        f"{f['collective_permutes']} collective-permute, {f['all_to_alls']} all-to-all, "
+        f"{f['all_reduces']} all-reduce"
+    )
+    return "\n".join(lines)
+
+
+def as_json_dict(report: Report) -> dict:
+    """The report as JSON-ready values (floats rounded)."""
+
+    def clean(x):
+        if isinstance(x, float):
+            return float(np.format_float_positional(x, precision=6, unique=True, fractional=False))
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        return x
+
+    return {k: clean(v) for k, v in report.as_dict().items()}

@@ -1,0 +1,235 @@
+"""Ahead-of-time compiles for TPU and GPU targets on this CPU host (hificodec_jax.aot).
+
+The tiny config's train step and grvq4's encode+decode compile for a v5e slice and an H100;
+the reports' figures are present and positive and the programs have the accelerators' form
+(native strided convs, cuDNN convolutions on GPU, no cross-chip traffic but the gradient
+reduction); ``max_batch`` stops at a batch whose double does not fit; the step's compiler
+options follow the target; the command's flags, overrides and exit statuses.
+
+Needs the ``[aot]`` extra (libtpu, the CUDA plugin): skipped without it, failed under ``CI``.
+Compiling is slow on a 2-core host (the TPU train step takes minutes), so each program is
+compiled once per module and shared by the tests that read it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import pytest
+from helpers import REPO, config, tiny_step_config
+
+from hificodec_jax.aot import command, targets
+from hificodec_jax.aot import compile as aot
+from hificodec_jax.training import compilation, sharding
+
+
+def _need(platform: str) -> None:
+    """Skip, or fail under CI (``CI`` set), where the compiler for ``platform`` is missing."""
+    if not targets.compiler_installed(platform):
+        reason = f"no {platform} compiler installed (pip install -e '.[aot]')"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (required when CI is set)")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def tpu_train():
+    """The tiny train step for two v5e chips, and its compiled HLO text."""
+    _need("tpu")
+    hlo = []
+    report = aot.compile_job(
+        "v5e-2",
+        tiny_step_config(),
+        "train",
+        batch_size=2,
+        on_compiled=lambda c: hlo.append(c.as_text()),
+    )
+    return report, hlo[0]
+
+
+@pytest.fixture(scope="module")
+def gpu_train():
+    _need("cuda")
+    return aot.compile_job("h100", tiny_step_config(), "train", batch_size=1)
+
+
+def _grvq4_roundtrip(target):
+    return aot.compile_job(
+        target, config("grvq4"), "roundtrip", batch_size=1, seconds=0.2, precision="bfloat16"
+    )
+
+
+@pytest.fixture(scope="module")
+def tpu_codec():
+    _need("tpu")
+    return _grvq4_roundtrip("v5e-1")
+
+
+@pytest.fixture(scope="module")
+def gpu_codec():
+    _need("cuda")
+    return _grvq4_roundtrip("h100")
+
+
+def _assert_memory(report, chips):
+    assert report.compiled and report.fits and report.chips == chips
+    for field in ("state_bytes", "batch_bytes", "temp_bytes", "total_bytes", "capacity_bytes"):
+        assert getattr(report, field) > 0, field
+    assert report.total_bytes >= report.state_bytes + report.batch_bytes + report.temp_bytes
+    assert report.headroom_bytes == report.capacity_bytes - report.total_bytes
+    assert report.compile_s > 0 and report.lower_s > 0
+    assert report.flops > 0
+
+
+def _assert_tpu_estimates(report):
+    assert report.bytes_accessed > 0 and report.cycles > 0
+    assert report.priced_s > 0 and report.cycles_s > 0
+    for name in ("priced", "cycles"):
+        assert report.audio_s_per_chip_s[name] > 0
+        assert 0 < report.mfu[name] <= 1  # the FLOPs over the estimate at the chip's peak
+
+
+def test_tiny_train_step_for_v5e(tpu_train):
+    r, _ = tpu_train
+    _assert_memory(r, chips=2)
+    _assert_tpu_estimates(r)
+    assert r.batch == 2 and r.batch_per_chip == 1 and r.seconds == 0.25
+    # The step donates its state: the new state reuses the old one's memory.
+    assert r.output_bytes < r.state_bytes
+    # XLA's own strided convs (the CPU's space-to-depth rewrite and looped grouped convs are
+    # not in a TPU program) in float32, the config's precision.
+    assert r.form["strided_convolutions"] > 0 and r.form["cudnn_convolutions"] == 0
+    assert set(r.form["conv_dtypes"]) == {"f32"}
+
+
+def test_train_step_moves_no_rows_between_chips(tpu_train):
+    """Each chip keeps its rows of the batch through the step: no collective-permute or
+    all-to-all. What crosses chips is the gradient and metric all-reduce and, from the
+    quantizer, the codebooks' statistics over the global batch (k-means initialisation and
+    dead-code restarts: all-gathers of codebook-sized arrays)."""
+    r, hlo = tpu_train
+    assert r.form["collective_permutes"] == 0 and r.form["all_to_alls"] == 0
+    assert r.form["all_reduces"] > 0
+    gathers = re.findall(r" all-gather(?:-start)?\(.*", hlo)
+    assert len(gathers) == r.form["all_gathers"]
+    for line in gathers:
+        assert "/quantizer/quantizer." in line, line
+
+
+def test_tiny_train_step_for_h100(gpu_train):
+    r = gpu_train
+    _assert_memory(r, chips=1)
+    assert r.priced_s is None and r.cycles is None  # the GPU compiler gives no estimate
+    assert r.compute_floor_s == pytest.approx(r.flops / 989e12)
+    assert r.form["cudnn_convolutions"] > 0 and r.form["convolutions"] == 0
+    # The first step's k-means initialisation is the program's only loops (the CPU program
+    # loops over conv groups too).
+    assert r.form["while_loops"] <= 2
+
+
+def test_grvq4_encode_decode_for_v5e(tpu_codec):
+    r = tpu_codec
+    _assert_memory(r, chips=1)
+    _assert_tpu_estimates(r)
+    assert r.precision == "bfloat16" and r.seconds == pytest.approx(0.2)
+    assert r.form["while_loops"] == 0 and r.form["strided_convolutions"] > 0
+    assert r.form["conv_dtypes"].get("bf16", 0) > 0
+
+
+def test_grvq4_encode_decode_for_h100(gpu_codec):
+    r = gpu_codec
+    _assert_memory(r, chips=1)
+    assert r.form["while_loops"] == 0 and r.form["cudnn_convolutions"] > 0
+    assert r.form["conv_dtypes"].get("bf16", 0) > 0
+
+
+def test_max_batch_stops_below_a_batch_that_does_not_fit():
+    _need("cuda")
+    cfg = config("tiny")
+    at_4 = aot.compile_job("h100", cfg, "encode", batch_size=4, seconds=1.0)
+    seen = []
+    per_chip, fits, over = aot.max_batch(
+        "h100", cfg, "encode", seconds=1.0, capacity_bytes=at_4.total_bytes, on_report=seen.append
+    )
+    assert [r.batch_per_chip for r in seen] == [1, 2, 4, 8]
+    assert per_chip == 4 and fits.fits and fits.total_bytes == at_4.total_bytes
+    assert over.batch_per_chip == 8 and not over.fits and over.total_bytes > at_4.total_bytes
+
+
+def test_step_compiler_options_follow_the_target(monkeypatch):
+    assert compilation.step_compiler_options("tpu") == {}
+    assert compilation.step_compiler_options("cuda") == {}
+    assert compilation.step_compiler_options("cpu") == compilation._CPU_STEP_OPTIONS
+    asked = []
+    options = compilation.step_compiler_options
+    monkeypatch.setattr(
+        compilation, "step_compiler_options", lambda p=None: asked.append(p) or options(p)
+    )
+    cfg = tiny_step_config()
+    compilation.build(cfg, sharding.make_mesh(jax.devices("cpu")[:1]))
+    _need("tpu")
+    compilation.build(cfg, sharding.make_mesh(targets.devices("v5e-1")))
+    assert asked == ["cpu", "tpu"]  # the mesh's platform, not this host's backend
+
+
+def _command(*argv):
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_command_applies_overrides_and_refuses_a_job_that_does_not_fit(capsys):
+    _need("cuda")
+    args = _command(
+        "--target", "h100", "--config", str(REPO / "configs" / "tiny.py"), "--job", "encode",
+        "--batch-size", "2", "--seconds", "0.5", "--config.precision=bfloat16",
+        "--config.model.quantizer.num_groups", "1", "--capacity-gib", "0.0001", "--quiet",
+    )  # fmt: skip
+    assert args.config_overrides == [
+        "--config.precision=bfloat16",
+        "--config.model.quantizer.num_groups=1",
+    ]
+    assert command.run(args) == command.DOES_NOT_FIT
+    out, err = capsys.readouterr()
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["precision"] == "bfloat16" and not report["fits"]
+    assert "it does not fit" in err and "needs" in err
+
+
+def test_command_rejects_bad_arguments(capsys):
+    tiny = str(REPO / "configs" / "tiny.py")
+    assert command.run(_command("--target", "v9x-8", "--config", tiny)) == 2
+    assert "unknown target 'v9x-8'" in capsys.readouterr().err
+    assert command.run(_command("--target", "v5e-8", "--config", tiny, "--batch-size", "4")) == 2
+    assert "multiple of the 8 chips" in capsys.readouterr().err
+    assert command.run(_command("--target", "h100", "--config", tiny, "--config.nope=1")) == 2
+    assert "bad --config override" in capsys.readouterr().err
+
+
+def test_plugins_stay_quiet_on_a_host_without_accelerators():
+    from hificodec_jax import platforms
+
+    if platforms.accelerator_present() or not platforms.accelerator_plugins_installed():
+        pytest.skip("needs the [aot] plugins on a host without accelerators")
+    code = (
+        "from hificodec_jax import platforms\n"
+        "assert platforms.default_to_cpu_without_accelerator()\n"
+        "import jax, jax.numpy as jnp\n"
+        "print(jax.devices()[0].platform, float(jnp.ones(3).sum()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["cpu", "3.0"]
+    # Neither the CUDA plugin's initialisation traceback nor libtpu's start-up warnings.
+    for noise in ("Traceback", "plugin configuration error", "TPU", "libtpu"):
+        assert noise not in proc.stderr, proc.stderr
