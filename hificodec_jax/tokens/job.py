@@ -110,15 +110,19 @@ def cut_units(records: list[Record], unit_hours: float) -> list[list[Record]]:
     return units
 
 
-def _load_or_make_plan(out, source, split, unit_hours, identity, levels, workers) -> dict:
+def _load_or_make_plan(out, source, split, unit_hours, identity, settings, workers) -> dict:
+    """The stored plan, or a new one. The settings that shape a unit's bytes (model, levels,
+    batching) are part of the plan, so a restart must use the same ones."""
     path = os.path.join(out, store.PLAN)
-    want = {"model_id": identity["model_id"], "levels": levels, "input": os.fspath(source)}
+    want = {"model_id": identity["model_id"], "input": os.fspath(source), "settings": settings}
     if os.path.isfile(path):
         plan = store.read_json(path)
         have = {k: plan.get(k) for k in want}
         if have != want:
-            raise TokenizeError(
-                f"{out} holds a job with {have}, not {want}: use another --out (or delete it)"
+            diff = {k: have[k] for k in want if have[k] != want[k]}
+            raise ValueError(
+                f"--out {out} holds a job started with {diff}: rerun with the same model, input "
+                "and settings, or use another --out"
             )
         return plan
     records = inputs.read_records(source, split=split)
@@ -137,45 +141,42 @@ def _load_or_make_plan(out, source, split, unit_hours, identity, levels, workers
 
 
 class _Encoder:
-    """The codec's encode on this process's local devices (batches split over them)."""
+    """The codec's encode on this process's local devices: each batch runs whole on one device,
+    in turn (JAX dispatches asynchronously, so the devices work in parallel). A batch's program
+    does not depend on how many devices there are, so neither do its codes."""
 
     def __init__(self, codec, variables, levels: int | None, sample_rate: int):
         import jax
-        from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
         from hificodec_jax.codec.inference import encode_fn
 
         self.codec, self.levels, self.sample_rate = codec, levels, sample_rate
         self.fn = encode_fn(codec, levels)
-        devices = jax.local_devices()
-        self.num_devices = len(devices)
-        mesh = Mesh(np.array(devices), ("data",))
-        self.rows = NamedSharding(mesh, PartitionSpec("data"))
-        self.vars_all = jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
-        self.vars_one = jax.device_put(variables, devices[0])
-        self.device = devices[0]
+        self.devices = jax.local_devices()
+        self.variables = [jax.device_put(variables, d) for d in self.devices]
+        self.turn = 0
+
+    def _next(self) -> int:
+        self.turn = (self.turn + 1) % len(self.devices)
+        return self.turn
 
     def batch(self, wavs: list[np.ndarray], max_batch: int):
-        """Dispatches a masked batch; returns a handle for :meth:`collect`."""
+        """Dispatches a masked batch (rows padded to a power of two, samples to a length
+        bucket); returns a handle for :meth:`collect`."""
         import jax
 
         from hificodec_jax.codec.batching import bucket
 
-        hop = self.codec.hop
-        t = bucket(max(w.shape[0] for w in wavs), 4 * hop)
+        t = bucket(max(w.shape[0] for w in wavs), 4 * self.codec.hop)
         rows = min(1 << (len(wavs) - 1).bit_length(), max(max_batch, len(wavs)))
-        rows = -(-rows // self.num_devices) * self.num_devices
         x = np.zeros((rows, t), np.float32)
         lengths = np.full((rows,), t, np.int32)
         for i, w in enumerate(wavs):
             x[i, : w.shape[0]] = w
             lengths[i] = w.shape[0]
-        if len(wavs) == 1:  # a lone (long) clip runs on one device, not padded to all of them
-            x, lengths = x[:1], lengths[:1]
-            put = lambda a: jax.device_put(a, self.device)  # noqa: E731
-            return self.fn(self.vars_one, put(x), put(lengths)), [w.shape[0] for w in wavs]
-        put = lambda a: jax.device_put(a, self.rows)  # noqa: E731
-        return self.fn(self.vars_all, put(x), put(lengths)), [w.shape[0] for w in wavs]
+        d = self._next()
+        x, lengths = jax.device_put((x, lengths), self.devices[d])
+        return self.fn(self.variables[d], x, lengths), [w.shape[0] for w in wavs]
 
     def collect(self, handle) -> list[np.ndarray]:
         codes, sizes = handle
@@ -186,8 +187,8 @@ class _Encoder:
         from hificodec_jax.codec.inference import chunked_encode
 
         return chunked_encode(
-            self.codec, self.vars_one, wav, num_levels=self.levels, global_norm=True,
-            sample_rate=self.sample_rate,
+            self.codec, self.variables[self._next()], wav, num_levels=self.levels,
+            global_norm=True, sample_rate=self.sample_rate,
         )  # fmt: skip
 
 
@@ -261,7 +262,7 @@ def _encode_unit(
     queue = collections.deque(groups)
     while queue and len(futures) < ahead:
         futures.append(submit(*queue.popleft()))
-    pending = None  # a dispatched batch not yet collected (the device runs asynchronously)
+    pending = collections.deque()  # dispatched batches not yet collected, one per device
 
     def finish(p):
         handle, ok = p
@@ -288,12 +289,11 @@ def _encode_unit(
             results[r.key] = (encoder.long(wav), meta)
             bar.update(wav.shape[0] / sample_rate / 3600)
             continue
-        handle = encoder.batch([w for _, (w, _, _) in ok], settings["max_batch"])
-        if pending is not None:
-            finish(pending)
-        pending = (handle, ok)
-    if pending is not None:
-        finish(pending)
+        if len(pending) == len(encoder.devices):
+            finish(pending.popleft())
+        pending.append((encoder.batch([w for _, (w, _, _) in ok], settings["max_batch"]), ok))
+    while pending:
+        finish(pending.popleft())
     return results, errors
 
 
@@ -412,6 +412,7 @@ def dataset_metadata(identity, codec, levels, plan, sidecars) -> dict:
             "dtype": "int16",
         },
         "input": plan["input"], "split": plan.get("split"), "unit_hours": plan["unit_hours"],
+        "settings": plan["settings"],
         "shards": [s["shard"] for s in sidecars],
         "versions": {"hificodec_jax": hificodec_jax.__version__, "jax": jax.__version__,
                      "numpy": np.__version__},
@@ -482,7 +483,11 @@ def tokenize(
     if not 0 <= pi < pc:
         raise ValueError(f"process_index {pi} is not in [0, {pc})")
     os.makedirs(out, exist_ok=True)
-    plan = _load_or_make_plan(out, input, split, unit_hours, identity, levels, workers)
+    settings = dict(
+        levels=levels, max_batch=max_batch, batch_seconds=batch_seconds,
+        window_seconds=window_seconds, whole_seconds=whole_seconds, reject_silent=reject_silent,
+    )  # fmt: skip
+    plan = _load_or_make_plan(out, input, split, unit_hours, identity, settings, workers)
     units = [[Record.from_json(d) for d in u] for u in plan["units"]]
     num_units = len(units)
     mine = list(range(pi, num_units, pc))
@@ -492,10 +497,9 @@ def tokenize(
     todo = [u for u in mine if u not in committed]
     planned = sum(len(units[u]) for u in mine)
     errors = sum(s["num_errors"] for s in committed.values())
-    settings = dict(
-        max_batch=max_batch, batch_seconds=batch_seconds, window_seconds=window_seconds,
-        whole_seconds=whole_seconds,
-    )  # fmt: skip
+    batching = {
+        k: settings[k] for k in ("max_batch", "batch_seconds", "window_seconds", "whole_seconds")
+    }
     rate = identity["sample_rate"]
     bar = _Progress(
         sum(r.duration or 0.0 for u in todo for r in units[u]) / 3600, progress,
@@ -507,7 +511,7 @@ def tokenize(
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             for u in todo:
                 results, unit_errors = _encode_unit(
-                    encoder, units[u], rate, pool, bar, settings, reject_silent
+                    encoder, units[u], rate, pool, bar, batching, reject_silent
                 )
                 _crash_point("encoded", u)
                 side = _commit_unit(

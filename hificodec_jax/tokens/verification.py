@@ -3,8 +3,11 @@
 Checks: every shard's SHA-256 equals its sidecar's; every planned key is in the store or in
 the error list exactly once; every record reads back, at its index position, with
 ``frames == num_samples // hop`` codes of the declared stream count; and ``sample`` random
-records re-encoded alone give the stored codes (exactly; records that went through the
-long-file path agree up to float-rounding near-ties, at least ``LONG_AGREEMENT`` of frames).
+records re-encoded alone give the stored codes. Re-encoding on another machine, device or
+XLA version may round differently, so a frame whose code sits at a near-tie may flip: at most
+one frame per thousand may differ (``LONG_AGREEMENT`` of frames must agree for records that
+went through the long-file path); a wrong model, a corrupt record or padding leaking into the
+statistics changes most frames.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 
 from hificodec_jax.tokens import inputs, store
 
+AGREEMENT = 0.999
 LONG_AGREEMENT = 0.99
 
 
@@ -83,7 +87,7 @@ def verify(out: str | os.PathLike, *, sample: int = 8, model=None, seed: int = 0
                     f"{int(source.lengths[i])}; expected {want} (frames = samples // hop)"
                 )
     # Re-encode a sample alone.
-    reencoded = 0
+    reencoded = exact = 0
     if sample > 0 and len(source):
         codec, variables, identity = resolve_model(model or codec_meta["model"])
         if identity["model_id"] != codec_meta["model_id"]:
@@ -110,15 +114,18 @@ def verify(out: str | os.PathLike, *, sample: int = 8, model=None, seed: int = 0
                         f"{info['key']}: re-encoded {alone.shape} != stored {stored.shape}"
                     )
                     continue
-                agree = float(np.mean(np.all(alone == stored, axis=-1)))
-                need = LONG_AGREEMENT if info.get("long_path") else 1.0
-                if agree < need:
+                differ = int(np.sum(np.any(alone != stored, axis=-1)))
+                share = LONG_AGREEMENT if info.get("long_path") else AGREEMENT
+                exact += differ == 0
+                if differ > max(1, int((1 - share) * stored.shape[0])):
+                    agree = 1 - differ / max(stored.shape[0], 1)
                     problems.append(
                         f"{info['key']}: re-encoded alone, {agree:.2%} of frames equal the stored codes"
                     )
     return {
         "ok": not problems, "problems": problems, "records": len(source), "errors": num_errors,
         "shards": num_units, "reencoded": reencoded,
+        "reencoded_exact": exact,
     }  # fmt: skip
 
 
