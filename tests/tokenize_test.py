@@ -16,6 +16,8 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 
@@ -277,3 +279,117 @@ def test_grvq4_codes_equal_single_file_encode(tmp_path):
         np.testing.assert_array_equal(codes[key], np.asarray(encode(variables, wav)), err_msg=key)
     meta = TokenSource(tmp_path / "out").metadata["codec"]
     assert (meta["hop"], meta["streams"], meta["codebook_size"]) == (320, 2, 1024)
+
+
+# --------------------------------------------------------------------------------------------
+# Resume and processes: the CLI in subprocesses (XLA's default flags, 2 CPU devices each)
+
+CLI = (
+    "import argparse, sys; from hificodec_jax.tokens import command; "
+    "p = argparse.ArgumentParser(); command.add_arguments(p); "
+    "sys.exit(command.run(p.parse_args(sys.argv[1:])))"
+)
+
+
+@pytest.fixture(scope="module")
+def small(tiny, tmp_path_factory):
+    """24 short clips and a bad file, and the store of one uninterrupted process."""
+    root = tmp_path_factory.mktemp("small")
+    rng = np.random.default_rng(2)
+    for i in range(24):
+        write(
+            str(root / "in" / f"s{i % 3}" / f"c{i:02d}.wav"), speechlike(SHORT[i % len(SHORT)], rng)
+        )
+    write_bad(str(root / "in"))
+    reference = root / "reference"
+    run = cli(tiny, root / "in", reference)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return root / "in", reference
+
+
+def cli(tiny, source, out, *extra, crash=None, wait=True):
+    env = subprocess_env(2)
+    if crash:
+        env[job.CRASH_ENV] = crash
+    args = [sys.executable, "-c", CLI, "--model", str(tiny["dir"]), "--input", str(source),
+            "--out", str(out), "--unit-hours", str(2 / 3600), "--max-error-rate", "0.5",
+            "--max-batch", "4", "--no-progress", *extra]  # fmt: skip
+    if not wait:
+        return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+
+
+def store_files(directory) -> dict[str, bytes]:
+    """The files that must match between runs (dataset.json holds versions and the input)."""
+    names = [f for f in os.listdir(directory) if f.endswith((".array_record", ".npy", ".jsonl"))]
+    return {f: open(os.path.join(directory, f), "rb").read() for f in sorted(names)}
+
+
+def test_killed_and_restarted_gives_identical_shards(tiny, small, tmp_path):
+    source, reference = small
+    want = store_files(reference)
+    num_units = len(store.read_json(os.path.join(reference, store.PLAN))["units"])
+    assert num_units >= 6
+    out = tmp_path / "out"
+    name = lambda u: store.shard_name(u, num_units)  # noqa: E731
+    for crash in ("encoded:1", "shard_tmp:3", "shard_renamed:4", "finalize"):
+        run = cli(tiny, source, out, crash=crash)
+        assert run.returncode == -signal.SIGKILL, (crash, run.stderr[-3000:])
+        files = os.listdir(out)
+        if crash == "shard_tmp:3":  # killed with the shard half-way: only a temporary
+            assert any(store.is_tmp_of(f, name(3)) for f in files) and name(3) not in files
+        if crash == "shard_renamed:4":  # killed between the shard's rename and its sidecar
+            assert name(4) in files and store.sidecar_name(4, num_units) not in files
+        assert store.DATASET not in files
+    run = cli(tiny, source, out)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["units_skipped"] == num_units and summary["complete"]
+    assert not [f for f in os.listdir(out) if store.TMP_MARK in f]
+    got = store_files(out)
+    assert got.keys() == want.keys()
+    for f in want:
+        assert got[f] == want[f], f
+    keys = [json.loads(line)["key"] for line in got[store.INDEX].decode().splitlines()]
+    assert len(keys) == len(set(keys)) == 24
+    errors = [json.loads(line)["key"] for line in got[store.ERRORS].decode().splitlines()]
+    assert sorted(errors) == sorted(BAD)
+
+
+def test_three_processes_give_the_shards_of_one(tiny, small, tmp_path):
+    source, reference = small
+    port = _free_port()
+    out = tmp_path / "out"
+    procs = [
+        cli(
+            tiny,
+            source,
+            out,
+            "--coordinator_address",
+            f"127.0.0.1:{port}",
+            "--num_processes",
+            "3",
+            "--process_id",
+            str(i),
+            wait=False,
+        )  # fmt: skip
+        for i in range(3)
+    ]
+    try:
+        outputs = [p.communicate(timeout=600)[0].decode(errors="replace") for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, text in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, text[-3000:]
+    assert store_files(out) == store_files(reference)
+    plan = store.read_json(os.path.join(out, store.PLAN))
+    sidecars = [store.read_json(os.path.join(out, store.sidecar_name(u, len(plan["units"]))))
+                for u in range(len(plan["units"]))]  # fmt: skip
+    assert len({s["unit"] for s in sidecars}) == len(plan["units"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
