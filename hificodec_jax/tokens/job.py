@@ -9,10 +9,15 @@
   and removes its own units' temporaries and uncommitted shards.
 * **Exact codes.** Within a unit, clips up to ``window_seconds`` are sorted by length and
   encoded in masked batches (``lengths``) of at most ``max_batch`` rows and ``batch_seconds``
-  of padded audio, split over the process's local devices; longer files are encoded alone in
-  one call up to ``whole_seconds`` and beyond that by the long-file path with whole-file
-  GroupNorm statistics (``chunked_encode(global_norm=True)``, equal up to float rounding). A
-  record's codes do not depend on its batch, so a unit's bytes depend only on its records.
+  of padded audio; longer files are encoded alone in one call up to ``whole_seconds`` and
+  beyond that by the long-file path with whole-file GroupNorm statistics
+  (``chunked_encode(global_norm=True)``). A record's codes are those of
+  ``codec.apply(variables, wav, method="encode")`` on it alone, up to float rounding: the
+  padded program may round differently, which flips a code only at a near-tie (tests: at
+  most 1e-4 of frames, with random codebooks). Each batch runs whole on one local device, in
+  turn, so a record's codes (and a unit's bytes) depend on its records, the model and the
+  batching settings, which the plan fixes, not on the device or process count, the worker
+  count or interruptions.
 * **Audio** is decoded, mixed down and resampled on a thread pool ahead of the device.
 * **Bad records** are listed in the unit's sidecar with the reason; ``max_error_rate`` stops
   the job (after committing the unit) once this process's errors exceed that share of its
@@ -168,7 +173,7 @@ class _Encoder:
         from hificodec_jax.codec.batching import bucket
 
         t = bucket(max(w.shape[0] for w in wavs), 4 * self.codec.hop)
-        rows = min(1 << (len(wavs) - 1).bit_length(), max(max_batch, len(wavs)))
+        rows = 1 << (len(wavs) - 1).bit_length()  # a power of two already (see _batches)
         x = np.zeros((rows, t), np.float32)
         lengths = np.full((rows,), t, np.int32)
         for i, w in enumerate(wavs):
@@ -192,24 +197,33 @@ class _Encoder:
         )  # fmt: skip
 
 
-def _batches(records, sample_rate, *, max_batch, batch_seconds, window_seconds, whole_seconds):
+def _batches(records, *, max_batch, batch_seconds, window_seconds, whole_seconds):
     """The unit's records grouped for the device: ``("batch", [records])`` of similar lengths,
-    ``("whole", [record])`` and ``("long", [record])``, from the planned durations."""
+    ``("whole", [record])`` and ``("long", [record])``, from the planned durations.
+
+    Batches hold a power of two of clips (a group of 12 becomes batches of 8 and 4), so no
+    device call computes padding rows, and the shapes stay few (rows 1, 2, 4, ...)."""
     short = sorted(
         (r for r in records if (r.duration or 0.0) <= window_seconds),
         key=lambda r: (r.duration or 0.0, r.key),
     )
-    out = []
+    groups: list[list[Record]] = []
     group: list[Record] = []
     for r in short:
         if group and (
             len(group) == max_batch or (len(group) + 1) * (r.duration or 0.0) > batch_seconds
         ):
-            out.append(("batch", group))
+            groups.append(group)
             group = []
         group.append(r)
     if group:
-        out.append(("batch", group))
+        groups.append(group)
+    out = []
+    for group in groups:
+        while group:
+            n = 1 << (len(group).bit_length() - 1)  # the largest power of two that fits
+            out.append(("batch", group[-n:]))  # the longest clips first
+            group = group[:-n]
     for r in records:
         if (r.duration or 0.0) > window_seconds:
             out.append(("whole" if r.duration <= whole_seconds else "long", [r]))
@@ -249,7 +263,7 @@ def _encode_unit(
 ) -> tuple[dict, list]:
     """``({key: (codes, meta)}, errors)`` of one unit's records."""
     hop = encoder.codec.hop
-    groups = _batches(records, sample_rate, **settings)
+    groups = _batches(records, **settings)
     futures = collections.deque()
 
     def submit(kind, group):
