@@ -483,3 +483,38 @@ def test_kaldi_segments_tokenized_with_speakers(tiny, tmp_path):
         assert source.info(i)["text"] == {"a": "first", "b": "second", "c": "third"}[key]
     with pytest.raises(ValueError, match="holds a job started with"):
         job.tokenize(tiny["dir"], kaldi, tmp_path / "out", progress=False, max_batch=3)
+
+
+def test_arrayrecord_corpus_input(tiny, tmp_path):
+    """The ArrayRecord corpora that data/corpora.py writes: keys are the records' ids, speakers
+    their speaker ids; codes equal each clip encoded alone."""
+    from hificodec_jax.data import corpora
+
+    rng = np.random.default_rng(5)
+    for spk in ("alice", "bob"):
+        for i, seconds in enumerate((1.0, 0.7)):
+            write(
+                str(tmp_path / "corpus" / spk / f"{spk}_{i}.wav"),
+                speechlike(seconds, rng),
+                subtype="PCM_16",
+            )
+    data_dir = corpora.prepare_corpus(
+        "generic", tmp_path / "corpus", tmp_path / "prepared", sample_rate=RATE,
+        held_out_fraction=0.0, num_workers=1,
+    )  # fmt: skip
+    recs = inputs.read_records(tmp_path / "prepared")
+    assert [(r.key, r.speaker) for r in recs] == [
+        ("alice/alice_0", "alice"), ("alice/alice_1", "alice"), ("bob/bob_0", "bob"),
+        ("bob/bob_1", "bob"),
+    ]  # fmt: skip
+    summary = job.tokenize(tiny["dir"], tmp_path / "prepared", tmp_path / "out", progress=False)
+    assert summary["records"] == 4 and summary["errors"] == 0
+    source = TokenSource(tmp_path / "out")
+    assert source.keys_of_speaker("bob") == ["bob/bob_0", "bob/bob_1"]
+    from hificodec_jax.data.input_pipeline import ArrayRecordAudioSource
+
+    audio = ArrayRecordAudioSource(data_dir, "train")
+    for i in range(len(audio)):
+        key = audio.record(i)["id"]
+        alone = np.asarray(tiny["encode"](tiny["variables"], audio[i]))
+        assert np.sum(np.any(source[source.index_of(key)]["codes"] != alone, axis=-1)) <= 1, key
