@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import json
+import math
 import os
 import signal
 import sys
@@ -201,17 +202,26 @@ def _batches(records, *, max_batch, batch_seconds, window_seconds, whole_seconds
     """The unit's records grouped for the device: ``("batch", [records])`` of similar lengths,
     ``("whole", [record])`` and ``("long", [record])``, from the planned durations.
 
-    Batches hold a power of two of clips (a group of 12 becomes batches of 8 and 4), so no
+    A batch's clips share a length class (durations within ~25 %), and batches hold a power
+    of two of clips (a group of 12 becomes batches of 8 and 4), so no
     device call computes padding rows, and the shapes stay few (rows 1, 2, 4, ...)."""
+    from hificodec_jax.codec.batching import bucket
+
     short = sorted(
         (r for r in records if (r.duration or 0.0) <= window_seconds),
         key=lambda r: (r.duration or 0.0, r.key),
     )
     groups: list[list[Record]] = []
     group: list[Record] = []
+
+    def length_class(r):  # padding within a batch stays below ~25 %, as in bucket()
+        return bucket(max(1, math.ceil((r.duration or 0.0) * 100)), 1)
+
     for r in short:
         if group and (
-            len(group) == max_batch or (len(group) + 1) * (r.duration or 0.0) > batch_seconds
+            len(group) == max_batch
+            or (len(group) + 1) * (r.duration or 0.0) > batch_seconds
+            or length_class(r) != length_class(group[0])
         ):
             groups.append(group)
             group = []
