@@ -11,6 +11,8 @@ Coding: ``encode_batch`` / ``decode_batch`` (lists of clips of any lengths),
 (``.hfc`` bitstreams, ``HfcHeader``), ``enable_compilation_cache()``; ``DecodeStream`` (exact
 streaming decode of codes as they arrive; the functional form is
 :mod:`hificodec_jax.models.streaming`).
+Corpora for codec language models: ``tokenize(model, input, out)`` and ``TokenSource(out)``
+(a grain data source; the ``[train]`` extra).
 Building blocks: ``Codec``, ``CodecOutput``, ``fold_weight_norm``, ``param_init_key``,
 ``bitrate``, ``hop_length``.
 """
@@ -41,6 +43,8 @@ _LAZY = {
     "HfcHeader": "hificodec_jax.inference.bitstream",
     "enable_compilation_cache": "hificodec_jax.inference.compile_cache",
     "DecodeStream": "hificodec_jax.models.decode_stream",
+    "tokenize": "hificodec_jax.tokens.job",
+    "TokenSource": "hificodec_jax.tokens.store",
     "Codec": "hificodec_jax.models.codec",
     "CodecOutput": "hificodec_jax.models.codec",
     "fold_weight_norm": "hificodec_jax.models.layers",
@@ -60,6 +64,8 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names load
     from hificodec_jax.model_dir import save_model  # noqa: F401
     from hificodec_jax.models.codec import Codec, CodecOutput  # noqa: F401
     from hificodec_jax.models.decode_stream import DecodeStream  # noqa: F401
+    from hificodec_jax.tokens.job import tokenize  # noqa: F401
+    from hificodec_jax.tokens.store import TokenSource  # noqa: F401
     from hificodec_jax.models.layers import fold_weight_norm, param_init_key  # noqa: F401
 
 

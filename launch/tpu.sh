@@ -7,10 +7,14 @@
 #                        [--spot] [--queued] [--no-preflight] [--dry-run]
 #   launch/tpu.sh logs   --name codec --zone us-central2-b      # follow worker 0's log
 #   launch/tpu.sh delete --name codec --zone us-central2-b [--queued]
+#   launch/tpu.sh tokenize --name codec --zone us-central2-b --model hificodec-16k-320d \
+#                        --input /mnt/corpus/manifest.jsonl --out /mnt/tokens
 #
 # Commands: create (VM or queued resource), install (this checkout + jax[tpu] on every worker),
 # train (start main on every worker: --worker=all), up (= create, install, train), logs,
-# status, delete. --dry-run prints the gcloud commands instead of running them.
+# status, delete, tokenize (the tokenize job on every worker, each taking its share of the
+# units; --input and --out on storage every worker sees; rerun to resume). --dry-run prints
+# the gcloud commands instead of running them.
 # Pre-flight (up, train; also under --dry-run): the train step is first compiled here for the
 # accelerator, batch and config (needs this checkout installed with the [aot] extra); a job that
 # would not fit in the chips' memory stops the script before anything is created.
@@ -21,13 +25,13 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "$0")/common.sh"
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 CMD=${1:-}
 [ -n "$CMD" ] || usage 2
 shift
 NAME="" ZONE="" ACCEL="v4-8" VERSION="" CONFIG="configs/grvq4.py" WORKDIR="" DATA=""
-PROJECT="" SPOT=0 QUEUED=0 BATCH="" PREFLIGHT=1 OVERRIDES=()
+PROJECT="" SPOT=0 QUEUED=0 BATCH="" PREFLIGHT=1 OVERRIDES=() MODEL="" INPUT="" OUT=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --name) NAME=$2; shift 2 ;;
@@ -37,6 +41,9 @@ while [ $# -gt 0 ]; do
     --config) CONFIG=$2; shift 2 ;;
     --workdir) WORKDIR=$2; shift 2 ;;
     --data) DATA=$2; shift 2 ;;
+    --model) MODEL=$2; shift 2 ;;
+    --input) INPUT=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
     --project) PROJECT=$2; shift 2 ;;
     --spot) SPOT=1; shift ;;
     --queued) QUEUED=1; shift ;;
@@ -118,8 +125,15 @@ check() {
   preflight "$ACCEL" "$CONFIG" "$BATCH" "${OVERRIDES[@]}"
 }
 
+tokenize() {
+  if [ -z "$MODEL" ] || [ -z "$INPUT" ] || [ -z "$OUT" ]; then die "tokenize needs --model, --input and --out"; fi
+  run "${SSH[@]}" --command="cd ~/hificodec_jax && nohup ~/venv/bin/python -m hificodec_jax.tokens \
+--model=$MODEL --input=$INPUT --out=$OUT --distributed --no-progress > ~/tokenize.log 2>&1 &"
+}
+
 case "$CMD" in
   create) create ;;
+  tokenize) tokenize ;;
   install) install ;;
   train) check; train ;;
   up) check; create; install; train ;;

@@ -134,3 +134,29 @@ def test_preflight_refuses_a_job_that_does_not_fit_before_creating_anything():
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
     assert line.startswith("error: pre-flight for v5litepod-4: train at batch 64 (16 per chip)")
     assert "it does not fit; not launching (--no-preflight skips this check)" in line
+
+
+def test_tokenize_dry_runs():
+    (gpu,) = _dry("gpu.sh", "tokenize", "--model", "m", "--input", "in.jsonl", "--out", "o",
+                  "--", "--levels", "1")  # fmt: skip
+    assert gpu.endswith("-m hificodec_jax.tokens --model m --input in.jsonl --out o --levels 1 ")
+    (sbatch,) = _dry("slurm.sh", "tokenize", "--nodes", "3", "--model", "m", "--input", "/c",
+                     "--out", "/shared/t", "--", "--unit-hours", "2")  # fmt: skip
+    assert sbatch.startswith("sbatch --nodes=3 --ntasks-per-node=1")
+    for piece in ("HFC_MODE=tokenize", "HFC_MODEL=m", "HFC_INPUT=/c", "HFC_OUT=/shared/t",
+                  "HFC_EXTRA=--unit-hours\\ 2"):  # fmt: skip
+        assert piece in sbatch, piece
+    job = (LAUNCH / "slurm_job.sbatch").read_text()
+    assert "-m hificodec_jax.tokens" in job and "--distributed" in job
+    (tpu,) = _dry("tpu.sh", "tokenize", "--name", "n", "--zone", "z", "--model", "m",
+                  "--input", "gs://b/m.jsonl", "--out", "/mnt/t")  # fmt: skip
+    tpu = tpu.replace("\\", "")
+    assert tpu.startswith("gcloud compute tpus tpu-vm ssh n --zone=z --worker=all")
+    for piece in ("-m hificodec_jax.tokens", "--model=m", "--input=gs://b/m.jsonl",
+                  "--out=/mnt/t", "--distributed"):  # fmt: skip
+        assert piece in tpu, piece
+    proc = subprocess.run(
+        ["bash", str(LAUNCH / "gpu.sh"), "tokenize", "--model", "m", "--dry-run"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "tokenize needs --model, --input and --out" in proc.stderr

@@ -10,6 +10,7 @@ Subcommands (one module each in this package; ``hificodec-jax COMMAND --help`` f
     convert   CKPT.pth --config NAME_OR_FILE --out MODEL_DIR
     export    MODEL --out DIR [--platforms cpu,cuda,tpu]
     prepare   --kind libritts|vctk|aishell|generic --root COPY --out DIR [--sample_rate SR]
+    tokenize  --model MODEL --input SOURCE --out DIR [--levels L] | --verify DIR [--sample K]
     compile   --target v5e-8|h100|... --config CONFIG[:variant] [--config.KEY=VALUE ...]
               --job train|encode|decode|roundtrip [--batch-size N | --max-batch]
 
@@ -39,7 +40,7 @@ __all__ = ["COMMANDS", "CliError", "main", "make_parser"]
 # its heavy imports inside ``run`` so that ``--help`` and bad arguments answer at once).
 COMMANDS = (
     "encode", "decode", "roundtrip", "evaluate", "download", "convert", "export", "prepare",
-    "compile",
+    "tokenize", "compile",
 )  # fmt: skip
 
 

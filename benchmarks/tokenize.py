@@ -1,0 +1,149 @@
+"""Tokenize benchmark: audio hours tokenized per wall-clock hour, end to end from files, against
+the model alone (``encode_batch`` on clips already in memory) and a batch-1 loop.
+
+configs/grvq4.py (the released 16 kHz / hop-320 architecture) with random weights (speed does
+not depend on them), on synthetic speech-like clips (``demo_audio.synthetic_speech``) of
+uniformly drawn lengths in 1-20 s, written half as 16-bit WAV, half as FLAC. The batch-1 loop
+is ``encode_batch(max_batch=1)`` (each clip alone, padded to its length bucket, as a JAX loop
+must to avoid a compile per length). Every figure is measured warm (a first pass compiles
+every shape); the end-to-end job's cold first pass is reported beside it. One JSON line:
+
+    clips, audio_s, end_to_end_h_per_h, end_to_end_cold_h_per_h, model_only_h_per_h,
+    batch1_h_per_h, end_to_end_vs_model, end_to_end_vs_batch1, device, cpus
+
+The model-only figure runs the job's own batches of the same clips from memory (no reading,
+no writing), so the two differ only by the pipeline around the device.
+
+Run: python benchmarks/tokenize.py [--minutes 1.5] [--max-batch 64] [--workers N]
+"""
+
+from __future__ import annotations
+
+import sys
+
+# This file's name shadows the standard library's tokenize module (which logging and
+# linecache import) when run as a script: drop its directory from the import path first.
+if sys.path and sys.path[0] == __import__("os").path.dirname(
+    __import__("os").path.abspath(__file__)
+):
+    sys.path.pop(0)
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import jax
+import numpy as np
+import soundfile as sf
+
+import hificodec_jax
+from hificodec_jax.codec.batching import bucket, encode_batch
+from hificodec_jax.data.demo_audio import synthetic_speech
+from hificodec_jax.tokens import inputs, job
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RATE = 16000
+
+
+def random_variables(codec, seed: int = 0):
+    """Variables of ``codec.init``'s structure drawn with numpy (``codec.init`` compiles for
+    minutes on a small CPU; random weights run at the same speed)."""
+    shapes = jax.eval_shape(
+        codec.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 3200), np.float32)
+    )
+    rng = np.random.default_rng(seed)
+
+    def draw(path, s):
+        name = path[-1].key
+        if name in ("kernel", "weight_v"):
+            return (rng.uniform(-1, 1, s.shape) / np.sqrt(np.prod(s.shape[:-1]))).astype(s.dtype)
+        if name in ("scale", "weight_g"):
+            return np.ones(s.shape, s.dtype)
+        if name == "codebooks":
+            return rng.uniform(-0.5, 0.5, s.shape).astype(s.dtype)
+        return np.zeros(s.shape, s.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--minutes", type=float, default=1.5, help="audio in the corpus")
+    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--workers", type=int, default=None)
+    args = p.parse_args()
+
+    cfg = hificodec_jax.load_config(os.path.join(REPO, "configs", "grvq4.py"))
+    codec = hificodec_jax.build_codec(cfg, weight_norm=False)
+    variables = jax.device_put(random_variables(codec))
+    model = (codec, variables, {"sample_rate": RATE, "name": "grvq4 (random weights)"})
+    rng = np.random.default_rng(0)
+    lengths, total = [], 0.0
+    while total < args.minutes * 60:
+        lengths.append(float(rng.uniform(1.0, 20.0)))
+        total += lengths[-1]
+    work = tempfile.mkdtemp(prefix="tokenize_bench_")
+    try:
+        wavs = []
+        os.makedirs(os.path.join(work, "in"))
+        for i, seconds in enumerate(lengths):
+            path = os.path.join(work, "in", f"c{i:04d}.{'wav' if i % 2 else 'flac'}")
+            sf.write(path, synthetic_speech(RATE, seconds, seed=i), RATE, subtype="PCM_16")
+            wavs.append(sf.read(path, dtype="float32")[0])
+        audio_s = sum(w.shape[0] for w in wavs) / RATE
+
+        def end_to_end(name):
+            t = time.perf_counter()
+            job.tokenize(
+                model, os.path.join(work, "in"), os.path.join(work, name), max_batch=args.max_batch,
+                workers=args.workers, progress=False, max_error_rate=0.0,
+            )  # fmt: skip
+            return time.perf_counter() - t
+
+        cold = end_to_end("cold")  # also compiles every shape the job uses
+        warm = end_to_end("warm")
+        # The model alone: the job's own batches of the same clips, already in memory.
+        records = inputs.read_records(os.path.join(work, "in"))
+        inputs.fill_durations(records)
+        durations = {r.key: r.duration for r in records}
+        by_key = dict(zip(sorted(durations), wavs, strict=True))
+        encoder = job._Encoder(codec, variables, None, RATE)
+        settings = dict(max_batch=args.max_batch, batch_seconds=240.0, window_seconds=30.0,
+                        whole_seconds=300.0)  # fmt: skip
+        batches = [[by_key[r.key] for r in group] for _, group in job._batches(records, **settings)]
+        t = time.perf_counter()
+        pending = [encoder.batch(b, args.max_batch) for b in batches]
+        for handle in pending:
+            encoder.collect(handle)
+        model_only = time.perf_counter() - t
+        # One clip per call (as UniAudio, ESPnet): compile each length bucket once first.
+        firsts = {bucket(w.shape[0], 4 * codec.hop): w for w in wavs}
+        encode_batch(codec, variables, list(firsts.values()), max_batch=1)
+        t = time.perf_counter()
+        encode_batch(codec, variables, wavs, max_batch=1)
+        loop = time.perf_counter() - t
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    rate = lambda seconds: audio_s / seconds  # noqa: E731 - audio hours per wall-clock hour
+    print(
+        json.dumps(
+            {
+                "clips": len(wavs), "audio_s": round(audio_s, 1),
+                "end_to_end_h_per_h": round(rate(warm), 1),
+                "end_to_end_cold_h_per_h": round(rate(cold), 1),
+                "model_only_h_per_h": round(rate(model_only), 1),
+                "batch1_h_per_h": round(rate(loop), 1),
+                "end_to_end_vs_model": round(model_only / warm, 3),
+                "end_to_end_vs_batch1": round(loop / warm, 2),
+                "device": jax.devices()[0].device_kind, "cpus": os.cpu_count(),
+                "weights": "random", "audio": "synthetic speech-like, 1-20 s",
+            }
+        )
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
