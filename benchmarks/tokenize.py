@@ -42,7 +42,7 @@ import soundfile as sf
 import hificodec_jax
 from hificodec_jax.codec.batching import bucket, encode_batch
 from hificodec_jax.data.demo_audio import synthetic_speech
-from hificodec_jax.tokens import inputs, job
+from hificodec_jax.tokens import encoding, inputs, job
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATE = 16000
@@ -110,10 +110,12 @@ def main():
         inputs.fill_durations(records)
         durations = {r.key: r.duration for r in records}
         by_key = dict(zip(sorted(durations), wavs, strict=True))
-        encoder = job._Encoder(codec, variables, None, RATE)
+        encoder = encoding.Encoder(codec, variables, None, RATE)
         settings = dict(max_batch=args.max_batch, batch_seconds=240.0, window_seconds=30.0,
                         whole_seconds=300.0)  # fmt: skip
-        batches = [[by_key[r.key] for r in group] for _, group in job._batches(records, **settings)]
+        batches = [
+            [by_key[r.key] for r in group] for _, group in encoding._batches(records, **settings)
+        ]
         t = time.perf_counter()
         pending = [encoder.batch(b, args.max_batch) for b in batches]
         for handle in pending:

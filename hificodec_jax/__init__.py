@@ -64,9 +64,9 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names load
     from hificodec_jax.model_dir import save_model  # noqa: F401
     from hificodec_jax.models.codec import Codec, CodecOutput  # noqa: F401
     from hificodec_jax.models.decode_stream import DecodeStream  # noqa: F401
+    from hificodec_jax.models.layers import fold_weight_norm, param_init_key  # noqa: F401
     from hificodec_jax.tokens.job import tokenize  # noqa: F401
     from hificodec_jax.tokens.store import TokenSource  # noqa: F401
-    from hificodec_jax.models.layers import fold_weight_norm, param_init_key  # noqa: F401
 
 
 def __getattr__(name: str):

@@ -29,7 +29,7 @@ def verify(out: str | os.PathLike, *, sample: int = 8, model=None, seed: int = 0
     ``model`` (name, directory or ``(codec, variables, identity)``) defaults to the store's
     own; ``sample`` records (seeded by ``seed``) are re-encoded alone, 0 skips that check.
     """
-    from hificodec_jax.tokens.job import resolve_model
+    from hificodec_jax.tokens.encoding import resolve_model
 
     out = os.path.abspath(os.fspath(out))
     problems: list[str] = []
