@@ -40,7 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "overrides its fields as in python -m hificodec_jax.main",
     )
     parser.add_argument(
-        "--job", default="train", choices=("train", "encode", "decode", "roundtrip")
+        "--job",
+        default="train",
+        choices=("train", "encode", "decode", "roundtrip"),
+        help="the trainer's step, or the codec's encode / decode / both (default train)",
     )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--batch-size", type=int, help="global batch (default: the config's)")
