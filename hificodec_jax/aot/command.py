@@ -1,8 +1,8 @@
 """Compile a training or inference job for a TPU or GPU target on this host and report its fit.
 
-    python -m hificodec_jax.aot.command --target v5e-8 --config configs/grvq4.py \\
+    hificodec-jax compile --target v5e-8 --config configs/grvq4.py \\
         --job train --batch-size 64 [--config.precision=bfloat16 ...]
-    python -m hificodec_jax.aot.command --target h100 --config configs/grvq4.py --max-batch
+    hificodec-jax compile --target h100 --config configs/grvq4.py --max-batch
 
 Prints a short table on stderr and ONE JSON line on stdout (``"fits"``, per-chip bytes, FLOPs,
 compile time, the compiler's labelled estimates). Exit status: 0 the job fits, 1 it does not
@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m hificodec_jax.aot.command", description=__doc__.splitlines()[0]
+        prog="hificodec-jax compile", description=__doc__.splitlines()[0]
     )
     add_arguments(parser)
     return run(parser.parse_args(argv))
