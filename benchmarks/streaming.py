@@ -42,10 +42,8 @@ def _setup(model: str | None = None):
     import hificodec_jax
 
     if model:  # a released model by name, or a model directory
-        from hificodec_jax.codec.model_io import load_config_of, resolve
-
-        codec, variables = hificodec_jax.load(model)
-        return codec, variables, load_config_of(resolve(model)).audio.sample_rate
+        loaded = hificodec_jax.load(model)
+        return loaded.codec, loaded.variables, loaded.sample_rate
     cfg = hificodec_jax.load_config(os.path.join(REPO, "configs", "grvq4.py"))
     sample_rate = cfg.audio.sample_rate
     codec = hificodec_jax.build_codec(cfg, weight_norm=False)  # the inference form, as load()

@@ -40,8 +40,8 @@ import numpy as np
 import soundfile as sf
 
 import hificodec_jax
-from hificodec_jax.codec.batching import bucket, encode_batch
 from hificodec_jax.data.demo_audio import synthetic_speech
+from hificodec_jax.inference.batching import bucket, encode_batch
 from hificodec_jax.tokens import encoding, inputs, job
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -361,4 +361,4 @@ def test_unknown_name_or_missing_directory_is_one_clear_error(tmp_path):
         "hificodec-24k-320d)"
     )
     with pytest.raises(ValueError, match="unknown model name 'x'; one of hificodec-16k-320d"):
-        hub.download("x")
+        hificodec_jax.download("x")

@@ -31,8 +31,8 @@ import soundfile as sf
 from helpers import REPO, config, fast_init
 
 import hificodec_jax
+from hificodec_jax import model_dir
 from hificodec_jax.audio import audio_io
-from hificodec_jax.codec import model_io
 from hificodec_jax.tokens import TokenSource, command, inputs, job, store
 
 RATE = 16000
@@ -82,7 +82,7 @@ def write_bad(root):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     cfg = config("tiny")
-    directory = model_io.save_model(
+    directory = model_dir.save_model(
         tmp_path_factory.mktemp("model") / "tiny",
         cfg,
         fast_init(hificodec_jax.build_codec(cfg), 4000),
@@ -226,7 +226,7 @@ def test_token_source_round_trips_every_key(stores, corpus):
     assert (meta["hop"], meta["streams"], meta["num_groups"], meta["dtype"]) == (40, 4, 2, "int16")
     assert (
         meta["model_id"]
-        == model_io.model_id(TokenSource(stores[1]).metadata["codec"]["model"]).hex()
+        == model_dir.model_id(TokenSource(stores[1]).metadata["codec"]["model"]).hex()
     )
     with pytest.raises(KeyError, match="nope"):
         source.index_of("nope")
