@@ -177,32 +177,19 @@ def compile_job(
     capacity = int(capacity_bytes) if capacity_bytes is not None else tgt.usable_bytes
     batch_bytes = _shard_bytes(batch)
     arg_bytes = _shard_bytes(args)
+    common = {
+        "target": target, "platform": tgt.platform, "chips": tgt.chips, "job": job,
+        "precision": config.get("precision", "float32"), "batch": b,
+        "batch_per_chip": b // tgt.chips, "seconds": round(seconds, 6),
+        "capacity_bytes": capacity, "batch_bytes": batch_bytes, "lower_s": round(lower_s, 2),
+        "flops": None, "flops_source": "", "bytes_accessed": None,
+    }  # fmt: skip
     if arg_bytes > capacity:  # no compile can make it fit: say so at once
         return Report(
-            target=target,
-            platform=tgt.platform,
-            chips=tgt.chips,
-            job=job,
-            precision=config.get("precision", "float32"),
-            batch=b,
-            batch_per_chip=b // tgt.chips,
-            seconds=round(seconds, 6),
-            capacity_bytes=capacity,
-            state_bytes=arg_bytes - batch_bytes,
-            batch_bytes=batch_bytes,
-            output_bytes=0,
-            temp_bytes=0,
-            code_bytes=0,
-            total_bytes=arg_bytes,
-            fits=False,
-            headroom_bytes=capacity - arg_bytes,
-            lower_s=round(lower_s, 2),
-            compile_s=0.0,
-            flops=None,
-            flops_source="",
-            bytes_accessed=None,
-            compiled=False,
-        )
+            **common, state_bytes=arg_bytes - batch_bytes, output_bytes=0, temp_bytes=0,
+            code_bytes=0, total_bytes=arg_bytes, fits=False,
+            headroom_bytes=capacity - arg_bytes, compile_s=0.0, compiled=False,
+        )  # fmt: skip
     t = time.perf_counter()
     with warnings.catch_warnings():
         # A compile-only program cannot be read back from JAX's persistent compilation cache
@@ -221,30 +208,11 @@ def compile_job(
     total = mem.argument_size_in_bytes + output_bytes + mem.temp_size_in_bytes + code_bytes
 
     report = Report(
-        target=target,
-        platform=tgt.platform,
-        chips=tgt.chips,
-        job=job,
-        precision=config.get("precision", "float32"),
-        batch=b,
-        batch_per_chip=b // tgt.chips,
-        seconds=round(seconds, 6),
-        capacity_bytes=capacity,
-        state_bytes=state_bytes,
-        batch_bytes=batch_bytes,
-        output_bytes=output_bytes,
-        temp_bytes=mem.temp_size_in_bytes,
-        code_bytes=code_bytes,
-        total_bytes=total,
-        fits=total <= capacity,
-        headroom_bytes=capacity - total,
-        lower_s=round(lower_s, 2),
-        compile_s=round(compile_s, 2),
-        flops=None,
-        flops_source="",
-        bytes_accessed=None,
-        form=program_form(hlo),
-    )
+        **common, state_bytes=state_bytes, output_bytes=output_bytes,
+        temp_bytes=mem.temp_size_in_bytes, code_bytes=code_bytes, total_bytes=total,
+        fits=total <= capacity, headroom_bytes=capacity - total,
+        compile_s=round(compile_s, 2), form=program_form(hlo),
+    )  # fmt: skip
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) and cost else cost
     if cost and "flops" in cost:
