@@ -157,3 +157,12 @@ def test_dir_lists_the_public_api_and_every_name_resolves():
     assert names == sorted(hificodec_jax.__all__)
     for name in hificodec_jax.__all__:
         assert getattr(hificodec_jax, name) is not None, name
+
+
+def test_no_benchmark_or_test_file_shadows_the_standard_library():
+    # A script's folder comes first on sys.path: benchmarks/tokenize.py broke `import inspect`.
+    import sys
+
+    root = PACKAGE.parent
+    names = {p.stem for folder in ("benchmarks", "tests") for p in (root / folder).glob("*.py")}
+    assert not names & set(sys.stdlib_module_names)

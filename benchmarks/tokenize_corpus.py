@@ -14,19 +14,10 @@ every shape); the end-to-end job's cold first pass is reported beside it. One JS
 The model-only figure runs the job's own batches of the same clips from memory (no reading,
 no writing), so the two differ only by the pipeline around the device.
 
-Run: python benchmarks/tokenize.py [--minutes 1.5] [--max-batch 64] [--workers N]
+Run: python benchmarks/tokenize_corpus.py [--minutes 1.5] [--max-batch 64] [--workers N]
 """
 
 from __future__ import annotations
-
-import sys
-
-# This file's name shadows the standard library's tokenize module (which logging and
-# linecache import) when run as a script: drop its directory from the import path first.
-if sys.path and sys.path[0] == __import__("os").path.dirname(
-    __import__("os").path.abspath(__file__)
-):
-    sys.path.pop(0)
 
 import argparse
 import json
