@@ -26,21 +26,21 @@ pinned_jax_version() {
 }
 
 # Pre-flight: compile the training job for the target chips ahead of time, on this machine, and
-# stop here when it would not fit in their memory (python -m hificodec_jax.aot.command).
+# stop here when it would not fit in their memory (hificodec-jax compile).
 #   preflight TARGET CONFIG BATCH [--config.KEY=VALUE ...]   (BATCH empty: the config's)
 # Skipped, with a note, where this machine cannot compile for TARGET (no [aot] extra).
 preflight() {
   local target=$1 config=$2 batch=$3 py=${PYTHON:-python3} root log out rc=0
   shift 3
   root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-  if ! (cd "$root" && "$py" -c "import hificodec_jax.aot.command" 2>/dev/null); then
+  if ! (cd "$root" && "$py" -c "import hificodec_jax.cli.compile" 2>/dev/null); then
     echo "# pre-flight skipped: $py cannot import hificodec_jax (pip install -e '.[aot]')"
     return 0
   fi
   local args=(--target "$target" --config "$config" --job train --quiet "$@")
   [ -n "$batch" ] && args+=(--batch-size "$batch")
   log=$(mktemp)
-  out=$(cd "$root" && "$py" -m hificodec_jax.aot.command "${args[@]}" 2>"$log") || rc=$?
+  out=$(cd "$root" && "$py" -m hificodec_jax.cli compile "${args[@]}" 2>"$log") || rc=$?
   case $rc in
     0) echo "# pre-flight: fits on $target: $(printf '%s' "$out" | "$py" -c 'import json, sys
 r = json.load(sys.stdin)

@@ -24,8 +24,9 @@ import jax
 import pytest
 from helpers import REPO, config, tiny_step_config
 
-from hificodec_jax.aot import command, targets
 from hificodec_jax.aot import compile as aot
+from hificodec_jax.aot import targets
+from hificodec_jax.cli import compile as command
 from hificodec_jax.training import compilation, sharding
 
 

@@ -33,7 +33,8 @@ from helpers import REPO, config, fast_init
 import hificodec_jax
 from hificodec_jax import model_dir
 from hificodec_jax.audio import audio_io
-from hificodec_jax.tokens import TokenSource, command, inputs, job, store
+from hificodec_jax.cli import tokenize as command
+from hificodec_jax.tokens import TokenSource, inputs, job, store
 
 RATE = 16000
 SHORT = (0.2, 0.35, 0.5, 0.7, 1.0, 1.3, 1.7)  # seconds
@@ -292,7 +293,7 @@ def test_grvq4_codes_equal_single_file_encode(tmp_path):
 # Resume and processes: the CLI in subprocesses (XLA's default flags, 2 CPU devices each)
 
 CLI = (
-    "import argparse, sys; from hificodec_jax.tokens import command; "
+    "import argparse, sys; from hificodec_jax.cli import tokenize as command; "
     "p = argparse.ArgumentParser(); command.add_arguments(p); "
     "sys.exit(command.run(p.parse_args(sys.argv[1:])))"
 )
