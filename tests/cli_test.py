@@ -515,3 +515,10 @@ def test_decode_stream_writes_the_whole_decode_as_raw_pcm_to_stdout(model_dir, t
     assert "--stream takes one .hfc file" in _fail(
         ["decode", str(tmp_path / "a.wav"), "--model", model_dir, "--stream", "-"]
     )
+
+
+def test_a_clip_shorter_than_one_frame_is_refused_before_anything_compiles(model_dir, tmp_path):
+    sf.write(tmp_path / "tick.wav", synthetic_speech(16000, 0.3)[:30], 16000)  # hop is 40
+    message = _fail(["encode", str(tmp_path / "tick.wav"), "--model", model_dir])
+    assert "tick.wav: shorter than one frame of this model (40 samples at 16000 Hz)" in message
+    assert not (tmp_path / "tick.hfc").exists()

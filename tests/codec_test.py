@@ -201,3 +201,28 @@ def test_bitrate_of_released_configs():
     assert hificodec_jax.bitrate(config("grvq4_24k_240d")) == 4000.0
     assert hificodec_jax.bitrate(config("grvq8_24k_240d")) == 8000.0
     assert hificodec_jax.bitrate(config("grvq4"), num_levels=1) == 1000.0
+
+
+def test_a_codec_knows_its_rate_frames_and_bitrate():
+    codec = hificodec_jax.build_codec(config("grvq4"))
+    assert (codec.sample_rate, codec.hop, codec.frame_rate) == (16000, 320, 50.0)
+    assert codec.bitrate() == 2000.0 and codec.bitrate(num_levels=1) == 1000.0
+    assert codec.bitrate(24000) == 3000.0  # another rate, given explicitly
+    bare = hificodec_jax.build_codec(config("grvq4").model)  # a model section: no rate
+    with pytest.raises(ValueError, match="no sample_rate"):
+        bare.bitrate()
+
+
+def test_the_0_2_import_paths_still_work_with_a_deprecation_warning():
+    import importlib
+    import sys
+
+    for old, name, new in (
+        ("hificodec_jax.codec.batching", "encode_batch", "hificodec_jax.inference.batching"),
+        ("hificodec_jax.codec.inference", "chunked_encode", "hificodec_jax.inference.long_files"),
+        ("hificodec_jax.codec.convert", "torch_to_flax", "hificodec_jax.reference.convert"),
+    ):
+        sys.modules.pop(old, None)
+        with pytest.warns(DeprecationWarning, match=f"{old} moved to {new}"):
+            module = importlib.import_module(old)
+        assert getattr(module, name) is getattr(importlib.import_module(new), name)

@@ -164,7 +164,8 @@ def parent(path: str) -> str:
 
 
 def load_model(name: str, levels: int | None = None):
-    """The :class:`hificodec_jax.Model` of ``--model``, with ``--levels`` checked against it."""
+    """The :class:`hificodec_jax.Model` of ``--model``, with ``--levels`` checked against it
+    (before anything is compiled)."""
     from hificodec_jax.loading import load
     from hificodec_jax.model_dir import ModelNotFoundError
 
@@ -178,6 +179,28 @@ def load_model(name: str, levels: int | None = None):
         r = model.codec.quantizer.num_levels
         raise CliError(f"--levels {levels}: this model has levels 1 to {r}") from None
     return model
+
+
+def too_short(model, paths) -> dict[str, str]:
+    """``{file: reason}`` of the audio inputs shorter than one frame of ``model``, from their
+    headers (before anything is compiled)."""
+    hop, rate = model.codec.hop, model.sample_rate
+    return {
+        p: f"shorter than one frame of this model ({hop} samples at {rate} Hz)"
+        for p in paths
+        if _seconds(p) * rate < hop
+    }
+
+
+def _seconds(path: str) -> float:
+    """An audio file's duration from its header (inf where only decoding would tell)."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(path)
+    except Exception:  # noqa: BLE001 - formats librosa decodes: checked when read
+        return float("inf")
+    return info.frames / info.samplerate
 
 
 def add_cache_argument(parser: argparse.ArgumentParser) -> None:

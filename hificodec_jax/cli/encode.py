@@ -84,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
     )
     common.enable_cache(args)
     model = common.load_model(args.model, args.levels)
+    good = [src for src, _ in pairs if src not in failures.failed]
+    short = common.too_short(model, good)
+    failures.failed |= common.refuse_bad(short, len(good), args.strict)
     from hificodec_jax.inference.bitstream import write_hfc
 
     for (src, dst), codes, header in encoded(args, pairs, model, failures):

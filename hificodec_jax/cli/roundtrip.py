@@ -24,5 +24,8 @@ def run(args: argparse.Namespace) -> int:
     )
     common.enable_cache(args)
     model = common.load_model(args.model, args.levels)
+    good = [src for src, _ in pairs if src not in failures.failed]
+    short = common.too_short(model, good)
+    failures.failed |= common.refuse_bad(short, len(good), args.strict)
     write_decoded(args, model, encoded(args, pairs, model, failures), failures)
     return failures.status(len(pairs))
