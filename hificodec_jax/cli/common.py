@@ -96,12 +96,13 @@ def plan(args, audio: bool, ext: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def check_audio_inputs(pairs: list[tuple[str, str]]) -> dict[str, str]:
-    """``{file: reason}`` of the inputs that are not usable audio, found without decoding them
-    (soundfile's header; formats only librosa reads are checked when decoded)."""
+def check_audio_inputs(pairs: list[tuple[str, str]]) -> tuple[dict[str, str], dict[str, float]]:
+    """``({file: reason}, {file: seconds})``: the inputs that are not usable audio, and the
+    others' durations, from soundfile's header without decoding (formats only librosa reads
+    are checked when decoded; their duration is ``inf`` here)."""
     import soundfile as sf
 
-    bad = {}
+    bad, seconds = {}, {}
     for src, _ in pairs:
         if src.lower().endswith(".hfc"):
             bad[src] = "a .hfc bitstream, not audio (use `hificodec-jax decode`)"
@@ -113,10 +114,14 @@ def check_audio_inputs(pairs: list[tuple[str, str]]) -> dict[str, str]:
             except Exception as e:  # noqa: BLE001 - soundfile raises its own error types
                 if src.lower().endswith((".wav", ".flac", ".ogg", ".aiff", ".aif")):
                     bad[src] = f"unreadable audio ({str(e).strip() or type(e).__name__})"
+                else:
+                    seconds[src] = float("inf")
                 continue
             if info.frames == 0:
                 bad[src] = "holds no audio samples"
-    return bad
+            else:
+                seconds[src] = info.frames / info.samplerate
+    return bad, seconds
 
 
 def check_hfc_inputs(pairs: list[tuple[str, str]]) -> dict[str, str]:
@@ -181,26 +186,15 @@ def load_model(name: str, levels: int | None = None):
     return model
 
 
-def too_short(model, paths) -> dict[str, str]:
-    """``{file: reason}`` of the audio inputs shorter than one frame of ``model``, from their
-    headers (before anything is compiled)."""
+def too_short(model, seconds: dict[str, float]) -> dict[str, str]:
+    """``{file: reason}`` of the audio inputs (``{file: seconds}``) shorter than one frame of
+    ``model`` (before anything is compiled)."""
     hop, rate = model.codec.hop, model.sample_rate
     return {
         p: f"shorter than one frame of this model ({hop} samples at {rate} Hz)"
-        for p in paths
-        if _seconds(p) * rate < hop
+        for p, s in seconds.items()
+        if s * rate < hop
     }
-
-
-def _seconds(path: str) -> float:
-    """An audio file's duration from its header (inf where only decoding would tell)."""
-    import soundfile as sf
-
-    try:
-        info = sf.info(path)
-    except Exception:  # noqa: BLE001 - formats librosa decodes: checked when read
-        return float("inf")
-    return info.frames / info.samplerate
 
 
 def add_cache_argument(parser: argparse.ArgumentParser) -> None:

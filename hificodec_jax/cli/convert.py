@@ -22,8 +22,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not os.path.isfile(args.checkpoint):
-        raise common.CliError(f"no checkpoint file {args.checkpoint!r}")
     from hificodec_jax.factory import load_config
     from hificodec_jax.reference.convert import convert_checkpoint
 

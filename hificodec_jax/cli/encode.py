@@ -77,16 +77,22 @@ def encoded(args, pairs, model, failures: Failures):
     )  # fmt: skip
 
 
-def run(args: argparse.Namespace) -> int:
-    pairs = common.plan(args, audio=True, ext=".hfc")
-    failures = Failures(
-        common.refuse_bad(common.check_audio_inputs(pairs), len(pairs), args.strict)
-    )
+def checked_audio_and_model(args: argparse.Namespace, ext: str):
+    """``(pairs, failures, model)`` of encode and roundtrip: the audio inputs checked before
+    the model loads, then against it (clips shorter than one frame), before anything compiles."""
+    pairs = common.plan(args, audio=True, ext=ext)
+    bad, seconds = common.check_audio_inputs(pairs)
+    failures = Failures(common.refuse_bad(bad, len(pairs), args.strict))
     common.enable_cache(args)
     model = common.load_model(args.model, args.levels)
-    good = [src for src, _ in pairs if src not in failures.failed]
-    short = common.too_short(model, good)
-    failures.failed |= common.refuse_bad(short, len(good), args.strict)
+    failures.failed |= common.refuse_bad(
+        common.too_short(model, seconds), len(seconds), args.strict
+    )
+    return pairs, failures, model
+
+
+def run(args: argparse.Namespace) -> int:
+    pairs, failures, model = checked_audio_and_model(args, ".hfc")
     from hificodec_jax.inference.bitstream import write_hfc
 
     for (src, dst), codes, header in encoded(args, pairs, model, failures):
