@@ -249,13 +249,15 @@ def max_batch(
     compiler_options: dict | None = None,
     limit: int = 1024,
     on_report=None,
+    on_compiled=None,
 ) -> tuple[int, Report | None, Report | None]:
     """``(per_chip, fits, next)``: the largest power-of-two batch per chip (up to ``limit``)
     whose program fits, its report, and the report of twice that batch, which does not fit
     (``None`` when ``limit`` was reached). ``per_chip`` is 0 when even 1 does not fit.
 
     Powers of two because batch per chip changes the compiler's layouts (a batch that fits
-    can be followed by a larger one that does too); ``on_report`` sees every report.
+    can be followed by a larger one that does too); ``on_report`` sees every report and
+    ``on_compiled`` every compiled program.
     """
     tgt = targets_lib.get_target(target)
     best, best_report, per_chip = 0, None, 1
@@ -269,6 +271,7 @@ def max_batch(
             precision=precision,
             capacity_bytes=capacity_bytes,
             compiler_options=compiler_options,
+            on_compiled=on_compiled,
         )
         if on_report is not None:
             on_report(report)

@@ -69,6 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="extra XLA compiler option, e.g. xla_tpu_sliced_prefetch_max_slices=0",
     )
+    parser.add_argument(
+        "--dump-hlo",
+        metavar="FILE",
+        help="write the compiled program's optimized HLO text here (with --max-batch: the "
+        "largest batch that fits), e.g. to see where the compiler's estimated cycles go",
+    )
     parser.add_argument("--quiet", action="store_true", help="no table, only the JSON line")
     parser.set_defaults(**{_OVERRIDES: []})
     _collect_config_overrides(parser)
@@ -145,6 +151,12 @@ def _xla_options(items: list[str]) -> dict:
     return options
 
 
+def _dump(path: str | None, hlo: str | None) -> None:
+    if path and hlo is not None:
+        with open(path, "w") as f:
+            f.write(hlo)
+
+
 def run(args: argparse.Namespace) -> int:
     """Compile and report; exit status 0 fits, 1 does not fit or failed, 2 bad input, 3 no
     compiler for the target on this host."""
@@ -172,11 +184,20 @@ def run(args: argparse.Namespace) -> int:
         capacity_bytes=capacity,
         compiler_options=options or None,
     )
+    hlo: list[str] = []
+    if args.dump_hlo:
+        common["on_compiled"] = lambda compiled: hlo.append(compiled.as_text())
     try:
         if args.max_batch:
             seen = []
+
+            def on_report(r):
+                seen.append(r)
+                if not r.compiled:  # keeps ``hlo`` aligned with ``seen``
+                    hlo.append(None)
+
             per_chip, report, over = aot.max_batch(
-                args.target, config, args.job, on_report=seen.append, **common
+                args.target, config, args.job, on_report=on_report, **common
             )
             if not args.quiet:
                 for r in seen:
@@ -188,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
                 "next_report": aot.as_json_dict(over) if over else None,
             }
             print(json.dumps(result))
+            _dump(args.dump_hlo, hlo[seen.index(report)] if report and hlo else None)
             return 0 if per_chip else DOES_NOT_FIT
         report = aot.compile_job(
             args.target, config, args.job, batch_size=args.batch_size, **common
@@ -201,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(aot.format_table(report), file=sys.stderr)
     print(json.dumps(aot.as_json_dict(report)))
+    _dump(args.dump_hlo, hlo[-1] if hlo else None)
     if not report.fits:
         print(
             f"hificodec-jax compile: {args.job} at batch {report.batch} "

@@ -107,18 +107,26 @@ def make_reference_probe(
     iterations follow ``discs.spectral_norm_iterations`` as in the train step. Also returns
     ``wav_hat``, ``d_spectral`` (the vectors after the D phase), ``step_d_params`` and
     ``step_spectral`` (D's parameters and vectors after the whole step).
+
+    The same terms in pieces, each its own program: ``probe.d_phase(state, wav)`` (generator
+    forward, D phase, D's update: the ``d_*``/``logits_*``/``gnorm_*`` terms and the keys above
+    but ``step_spectral``) and ``probe.g_phase(state, wav, d_params, spectral)`` (the generator
+    forward again and the G phase against ``d_params``: the G terms unprefixed, ``spectral``
+    the fake call's vectors). Run apart, the peak memory is the larger phase's, not their sum.
     """
     units = discriminators.sub_discriminators(discs)
     per_call = discriminators.power_iterations_per_call(discs)
     d_loss_fn = train_step.adversarial_losses(config.loss)[0]
 
-    def probe(state: train_step.TrainState, wav: jax.Array) -> dict[str, jax.Array]:
+    def forward(state, wav):
         lengths = jnp.full((wav.shape[0],), wav.shape[1], jnp.int32)
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         wav_hat, q_loss, g_vjp, _, _ = train_step.generator_forward(
             codec, state.g_params, state.vq, wav, lengths, rng
         )
-        target = wav[:, : wav_hat.shape[1]]
+        return wav[:, : wav_hat.shape[1]], lengths, wav_hat, q_loss, g_vjp
+
+    def d_terms_of(state, target, wav_hat):
         d_parts, d_grads, spectral_new, _ = train_step.discriminator_gradients(
             units,
             state.d_params,
@@ -145,17 +153,39 @@ def make_reference_probe(
         d_terms["gnorm_d"] = optax.tree.norm(d_grads)
         for name in ("grad_mpd", "grad_msd", "grad_mstftd"):
             d_terms[name] = _probe(d_grads, name)
-        out = {"wav_hat": wav_hat, "d_spectral": spectral, "step_d_params": d_params}
-        for prefix, dp in (("init", state.d_params), ("step", d_params)):
-            sp = train_step.g_phase_spectral(dp, spectral, per_call=per_call)
-            g_parts, _, g_grads = train_step.generator_gradients(
-                units, dp, sp, target, wav_hat, lengths, q_loss, g_vjp, config
+        return d_terms, {"wav_hat": wav_hat, "d_spectral": spectral, "step_d_params": d_params}
+
+    def g_terms_of(d_params, spectral, target, lengths, wav_hat, q_loss, g_vjp):
+        sp = train_step.g_phase_spectral(d_params, spectral, per_call=per_call)
+        g_parts, _, g_grads = train_step.generator_gradients(
+            units, d_params, sp, target, wav_hat, lengths, q_loss, g_vjp, config
+        )
+        return _g_terms(g_parts, g_grads), sp[1]
+
+    def d_phase(state, wav):
+        target, _, wav_hat, _, _ = forward(state, wav)
+        d_terms, out = d_terms_of(state, target, wav_hat)
+        return {**d_terms, **out}
+
+    def g_phase(state, wav, d_params, spectral):
+        target, lengths, wav_hat, q_loss, g_vjp = forward(state, wav)
+        terms, fake_spectral = g_terms_of(
+            d_params, spectral, target, lengths, wav_hat, q_loss, g_vjp
+        )
+        return {**terms, "spectral": fake_spectral}
+
+    def probe(state: train_step.TrainState, wav: jax.Array) -> dict[str, jax.Array]:
+        target, lengths, wav_hat, q_loss, g_vjp = forward(state, wav)
+        d_terms, out = d_terms_of(state, target, wav_hat)
+        for prefix, dp in (("init", state.d_params), ("step", out["step_d_params"])):
+            terms, out["step_spectral"] = g_terms_of(
+                dp, out["d_spectral"], target, lengths, wav_hat, q_loss, g_vjp
             )
-            terms = {**d_terms, **_g_terms(g_parts, g_grads)}
-            out.update({f"{prefix}/{k}": v for k, v in terms.items()})
-            out["step_spectral"] = sp[1]  # the step's ("step" comes last)
+            out.update({f"{prefix}/{k}": v for k, v in {**d_terms, **terms}.items()})
         return out
 
+    probe.d_phase = d_phase
+    probe.g_phase = g_phase
     return probe
 
 
@@ -205,6 +235,34 @@ def reference_terms(
     state = jax.device_put(state)
     del ref, g_ckpt, do_ckpt
     probe = make_reference_probe(codec, discs, tx_d, config)
-    compiled = jax.jit(probe).lower(state, wav).compile()
+    # The phases one program each, G's compiled once for both of its calls: the full-size
+    # probe's peak is then one phase's buffers and compile, not all three at once.
+    d_out = jax.tree.map(np.asarray, _run_alone(probe.d_phase, state, wav))
+    g_phase = jax.jit(probe.g_phase).lower(state, wav, state.d_params, state.spectral).compile()
     host_memory.release_freed_memory()
-    return jax.tree.map(np.asarray, compiled(state, wav))
+    out = {k: v for k, v in d_out.items() if k not in ("wav_hat", "d_spectral", "step_d_params")}
+    terms = {f"init/{k}": v for k, v in out.items()}
+    terms.update({f"step/{k}": v for k, v in out.items()})
+    for prefix, dp in (("init", state.d_params), ("step", d_out["step_d_params"])):
+        g_out = jax.tree.map(np.asarray, g_phase(state, wav, dp, d_out["d_spectral"]))
+        spectral = g_out.pop("spectral")
+        terms.update({f"{prefix}/{k}": v for k, v in g_out.items()})
+    return {
+        **terms,
+        "wav_hat": d_out["wav_hat"],
+        "d_spectral": d_out["d_spectral"],
+        "step_d_params": d_out["step_d_params"],
+        "step_spectral": spectral,  # the step's ("step" comes last)
+    }
+
+
+def _run_alone(fn, *args):
+    """``fn(*args)`` compiled, run and its compiled program dropped, with the compiler's freed
+    memory handed back."""
+    compiled = jax.jit(fn).lower(*args).compile()
+    host_memory.release_freed_memory()
+    out = compiled(*args)
+    del compiled
+    jax.clear_caches()
+    host_memory.release_freed_memory()
+    return out
