@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hificodec_jax.audio.spectral import hann_window, stft
+from hificodec_jax.models import lane_dense
 from hificodec_jax.models.discriminator_units import DiscriminatorFamily, SubDiscriminator
 from hificodec_jax.models.layers import _torch_uniform, _WeightNormed
 from hificodec_jax.models.strided_conv import space_to_depth_conv
@@ -61,28 +62,54 @@ class Conv2d(_WeightNormed):
     weight_norm: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        c_in = x.shape[-1]
+    def kernel_and_bias(self, c_in: int) -> tuple[jax.Array, jax.Array]:
+        """The (weight-normed) kernel ``[kh, kw, c_in, features]`` and the bias."""
         kh, kw = self.kernel_size
         fan_in = c_in * kh * kw
         kernel = self.kernel_param((kh, kw, c_in, self.features), fan_in, norm_axes=(0, 1, 2))
         bias = self.param("bias", _torch_uniform(1.0 / math.sqrt(fan_in)), (self.features,))
-        pad = self.padding
-        if pad is None:
-            pad = tuple(
-                ((k - 1) * d // 2,) * 2
-                for k, d in zip(self.kernel_size, self.dilation, strict=True)
-            )
+        return kernel, bias
+
+    @property
+    def pads(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        if self.padding is not None:
+            return tuple(tuple(p) for p in self.padding)
+        return tuple(
+            ((k - 1) * d // 2,) * 2 for k, d in zip(self.kernel_size, self.dilation, strict=True)
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.apply_to(x, *self.kernel_and_bias(x.shape[-1]))
+
+    def apply_to(self, x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+        """The layer with the given weights (no variables touched)."""
         # Strided along frequency: a stride-1 conv over a space-to-depth input (exact, and its
         # backward pass is faster on XLA CPU; see models/strided_conv.py).
         y = space_to_depth_conv(
             x,
             kernel.astype(x.dtype),
             tuple(self.stride),
-            tuple(tuple(p) for p in pad),
+            self.pads,
             rhs_dilation=tuple(self.dilation),
         )
         return y + bias.astype(x.dtype)
+
+    def apply_folded(self, x, kernel, bias, length: int, f: int) -> tuple[jax.Array, int]:
+        """The layer on ``x`` folded by ``f`` along frequency (true length ``length``): the
+        output folded the same way, past its true length zero, and that length."""
+        y, out_len = lane_dense.folded_conv(
+            x,
+            kernel.astype(x.dtype),
+            axis=2,
+            length=length,
+            f_in=f,
+            f_out=f,
+            strides=tuple(self.stride),
+            padding=self.pads,
+            dilation=tuple(self.dilation),
+        )
+        y = y + lane_dense.tile_bias(bias.astype(x.dtype), f)
+        return lane_dense.zero_past(y, 2, f, out_len), out_len
 
 
 class STFTDiscriminator(nn.Module):
@@ -100,6 +127,9 @@ class STFTDiscriminator(nn.Module):
     kernel_size: tuple[int, int] = (3, 9)  # (time, freq)
     dilations: Sequence[int] = (1, 2, 4)  # time dilation of convs_1..3
     stride: tuple[int, int] = (1, 2)  # (time, freq) stride of convs_1..3
+    # "auto": frequency folded into channels on TPU (models/lane_dense.py), direct elsewhere;
+    # "direct" / "folded" force one form (the tests compare them on CPU).
+    layout: str = "auto"
 
     @property
     def num_fmaps(self) -> int:
@@ -118,11 +148,36 @@ class STFTDiscriminator(nn.Module):
     def __call__(self, wav: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
         hop = self.hop_length or self.n_fft // 4
         z = stft_features(wav, self.n_fft, hop)  # [B, T', n_fft//2+1, 2]
-        fmaps = []
-        for conv in self.convs:
-            z = nn.leaky_relu(conv(z), STFT_LRELU_SLOPE)  # freq halves in convs_1..3
-            fmaps.append(z)
-        return self.conv_post(z), fmaps
+        layers = [*self.convs, self.conv_post]
+        channels = [z.shape[-1]] + [self.filters] * len(self.convs)
+        weights = [layer.kernel_and_bias(c) for layer, c in zip(layers, channels, strict=True)]
+
+        def direct(z, weights):
+            fmaps = []
+            for layer, (kernel, bias) in zip(layers[:-1], weights[:-1], strict=True):
+                z = nn.leaky_relu(layer.apply_to(z, kernel, bias), STFT_LRELU_SLOPE)
+                fmaps.append(z)  # freq halves in convs_1..3
+            return layers[-1].apply_to(z, *weights[-1]), fmaps
+
+        def folded(z, weights):
+            # TPU: frequency folded into the 32 filters' lanes (models/lane_dense.py); the
+            # feature maps and logits come back unfolded.
+            f = lane_dense.fold_factor(self.filters)
+            length = z.shape[2]
+            z = lane_dense.fold(z, 2, f)
+            fmaps = []
+            for layer, (kernel, bias) in zip(layers[:-1], weights[:-1], strict=True):
+                z, length = layer.apply_folded(z, kernel, bias, length, f)
+                z = nn.leaky_relu(z, STFT_LRELU_SLOPE)
+                fmaps.append(lane_dense.unfold(z, 2, f, length))
+            logits, length = layers[-1].apply_folded(z, *weights[-1], length, f)
+            return lane_dense.unfold(logits, 2, f, length), fmaps
+
+        if self.layout == "direct":
+            return direct(z, weights)
+        if self.layout == "folded":
+            return folded(z, weights)
+        return jax.lax.platform_dependent(z, weights, tpu=folded, default=direct)
 
 
 class MultiScaleSTFTDiscriminator(DiscriminatorFamily):
