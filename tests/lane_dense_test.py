@@ -88,3 +88,13 @@ def test_folded_stft_discriminator_is_the_direct_one():
     ]
     for a, b in zip(jax.tree.leaves(grads[1]), jax.tree.leaves(grads[0]), strict=True):
         assert _rel(a, b) < 1e-5
+
+
+def test_folded_stft_features_are_the_folded_features():
+    from hificodec_jax.models.stft_discriminator import stft_features
+
+    wav = jnp.asarray(np.random.default_rng(2).standard_normal((2, 1000)), jnp.float32)
+    direct = stft_features(wav, 128, 32)  # 65 frequencies: the last block has one
+    folded = stft_features(wav, 128, 32, fold=4)
+    assert folded.shape == (2, 28, 17, 8)
+    np.testing.assert_array_equal(folded, lane_dense.fold(direct, 2, 4))

@@ -32,19 +32,27 @@ STFT_LRELU_SLOPE = 0.2  # Encodec's LeakyReLU(0.2), unlike HiFi-GAN's 0.1.
 STFT_N_FFTS = (1024, 2048, 512, 256, 128)  # reference order; hop = n_fft // 4, win = n_fft
 
 
-def stft_features(wav: jax.Array, n_fft: int, hop: int) -> jax.Array:
+def stft_features(wav: jax.Array, n_fft: int, hop: int, fold: int = 1) -> jax.Array:
     """Real/imag STFT channels of ``wav [B, T]`` -> ``[B, 1 + (T - n_fft) // hop, n_fft//2+1, 2]``.
 
     ``torchaudio.transforms.Spectrogram(n_fft, hop, n_fft, hann_window, normalized=True,
     center=False, power=None)`` followed by ``cat([real, imag], dim=1)`` and the reference's
-    ``b c w t -> b c t w`` rearrange, in channels-last layout.
+    ``b c w t -> b c t w`` rearrange, in channels-last layout. ``fold > 1``: the same values
+    folded along frequency (:func:`~hificodec_jax.models.lane_dense.fold`), built from the
+    spectrum so that the 2-channel array is never laid out on its own.
     """
     # In float32 whatever the network's compute dtype (bf16 has no FFT, and too few bits).
     window = hann_window(n_fft, periodic=True, dtype=jnp.float32)
     spec = stft(wav.astype(jnp.float32), n_fft, hop, window=window, center=False)  # [B, T', F]
     w64 = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)  # the same window, in numpy
     spec = spec / math.sqrt(float(np.sum(np.square(w64))))
-    return jnp.stack([spec.real, spec.imag], axis=-1).astype(wav.dtype)
+    if fold == 1:
+        return jnp.stack([spec.real, spec.imag], axis=-1).astype(wav.dtype)
+    b, frames, freq = spec.shape
+    blocks = -(-freq // fold)
+    spec = jnp.pad(spec, ((0, 0), (0, 0), (0, blocks * fold - freq)))
+    parts = [p.reshape(b, frames, blocks, fold) for p in (spec.real, spec.imag)]
+    return jnp.stack(parts, axis=-1).reshape(b, frames, blocks, 2 * fold).astype(wav.dtype)
 
 
 class Conv2d(_WeightNormed):
@@ -147,24 +155,24 @@ class STFTDiscriminator(nn.Module):
 
     def __call__(self, wav: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
         hop = self.hop_length or self.n_fft // 4
-        z = stft_features(wav, self.n_fft, hop)  # [B, T', n_fft//2+1, 2]
         layers = [*self.convs, self.conv_post]
-        channels = [z.shape[-1]] + [self.filters] * len(self.convs)
+        channels = [2] + [self.filters] * len(self.convs)  # real and imaginary parts first
         weights = [layer.kernel_and_bias(c) for layer, c in zip(layers, channels, strict=True)]
 
-        def direct(z, weights):
+        def direct(wav, weights):
+            z = stft_features(wav, self.n_fft, hop)  # [B, T', n_fft//2+1, 2]
             fmaps = []
             for layer, (kernel, bias) in zip(layers[:-1], weights[:-1], strict=True):
                 z = nn.leaky_relu(layer.apply_to(z, kernel, bias), STFT_LRELU_SLOPE)
                 fmaps.append(z)  # freq halves in convs_1..3
             return layers[-1].apply_to(z, *weights[-1]), fmaps
 
-        def folded(z, weights):
+        def folded(wav, weights):
             # TPU: frequency folded into the 32 filters' lanes (models/lane_dense.py); the
             # feature maps and logits come back unfolded.
             f = lane_dense.fold_factor(self.filters)
-            length = z.shape[2]
-            z = lane_dense.fold(z, 2, f)
+            length = self.n_fft // 2 + 1
+            z = stft_features(wav, self.n_fft, hop, fold=f)
             fmaps = []
             for layer, (kernel, bias) in zip(layers[:-1], weights[:-1], strict=True):
                 z, length = layer.apply_folded(z, kernel, bias, length, f)
@@ -174,10 +182,10 @@ class STFTDiscriminator(nn.Module):
             return lane_dense.unfold(logits, 2, f, length), fmaps
 
         if self.layout == "direct":
-            return direct(z, weights)
+            return direct(wav, weights)
         if self.layout == "folded":
-            return folded(z, weights)
-        return jax.lax.platform_dependent(z, weights, tpu=folded, default=direct)
+            return folded(wav, weights)
+        return jax.lax.platform_dependent(wav, weights, tpu=folded, default=direct)
 
 
 class MultiScaleSTFTDiscriminator(DiscriminatorFamily):
