@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hificodec_jax.models import lane_dense
 from hificodec_jax.models.layers import (
     LRELU_SLOPE,
     Conv1d,
@@ -114,6 +115,9 @@ class HifiDecoder(nn.Module):
     resblock_kernel_sizes: Sequence[int] = (3, 7, 11)
     resblock_dilations: Sequence[Sequence[int]] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
     weight_norm: bool = True
+    # "auto": narrow stages folded on TPU (see _mrf), direct elsewhere; "direct" / "folded"
+    # force one form (the tests compare them on CPU).
+    layout: str = "auto"
 
     def setup(self):
         wn = self.weight_norm
@@ -129,6 +133,32 @@ class HifiDecoder(nn.Module):
         self.ups, self.resblocks = ups, resblocks
         self.num_kernels = len(self.resblock_kernel_sizes)
         self.conv_post = Conv1d(1, 7, weight_norm=wn)
+
+    def _mrf(self, blocks, x: jax.Array, mask: jax.Array | None) -> jax.Array:
+        """The stage's ResBlocks on ``x [B, T, C]``, averaged ("MRF"). On TPU a stage narrower
+        than the lanes (the last two: 64 and 32 channels at half and full rate) runs with time
+        folded into channels (exact; :mod:`~hificodec_jax.models.lane_dense`)."""
+        b, t, c = x.shape
+        weights = [block.weights(c) for block in blocks]
+
+        def direct(x, mask, weights):
+            xs = [block.apply_with(x, w, mask) for block, w in zip(blocks, weights, strict=True)]
+            return sum(xs[1:], xs[0]) / len(blocks)
+
+        def folded(x, mask, weights):
+            xf = lane_dense.fold(x, 1, f)
+            mf = None if mask is None else jnp.repeat(mask.reshape(b, t // f, f), c, axis=-1)
+            xs = [
+                block.apply_folded(xf, w, mf, f) for block, w in zip(blocks, weights, strict=True)
+            ]
+            return lane_dense.unfold(sum(xs[1:], xs[0]) / len(blocks), 1, f, t)
+
+        f = lane_dense.fold_factor(c)
+        if self.layout == "direct" or f == 1 or t % f:
+            return direct(x, mask, weights)
+        if self.layout == "folded":
+            return folded(x, mask, weights)
+        return jax.lax.platform_dependent(x, mask, weights, tpu=folded, default=direct)
 
     def receptive_field(self) -> float:
         """One-sided reach in input frames: how far from a frame its output samples can change."""
@@ -150,10 +180,8 @@ class HifiDecoder(nn.Module):
             x = up(apply_mask(nn.leaky_relu(x, LRELU_SLOPE), mask))  # [B, F * u_0..u_i, C_i]
             hop *= self.upsample_rates[i]
             mask = frame_mask(None if frame_lengths is None else frame_lengths * hop, x.shape[1])
-            n0 = i * self.num_kernels
-            xs = self.resblocks[n0](x, mask)
-            for j in range(1, self.num_kernels):
-                xs = xs + self.resblocks[n0 + j](x, mask)
-            x = xs / self.num_kernels
+            x = self._mrf(
+                self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels], x, mask
+            )
         x = self.conv_post(apply_mask(nn.leaky_relu(x, LRELU_SLOPE), mask))  # [B, T, 1]
         return jnp.tanh(x[..., 0])

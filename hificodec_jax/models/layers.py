@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hificodec_jax.models import lane_dense
+
 LRELU_SLOPE = 0.1  # HiFi-GAN's leaky-ReLU slope, used everywhere except the encoder's last one.
 
 _DN = ("NWC", "WIO", "NWC")
@@ -100,8 +102,8 @@ class Conv1d(_WeightNormed):
     kernel_init_std: float | None = None  # N(0, std) instead of torch's default (encoder conv_post)
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        c_in = x.shape[-1]
+    def kernel_and_bias(self, c_in: int) -> tuple[jax.Array, jax.Array]:
+        """The (weight-normed) kernel ``[K, c_in, features]`` and the bias."""
         fan_in = c_in * self.kernel_size
         shape = (self.kernel_size, c_in, self.features)
         if self.kernel_init_std is not None and not self.weight_norm:
@@ -109,19 +111,47 @@ class Conv1d(_WeightNormed):
         else:
             kernel = self.kernel_param(shape, fan_in, norm_axes=(0, 1))
         bias = self.param("bias", _torch_uniform(1.0 / math.sqrt(fan_in)), (self.features,))
-        pad = self.padding
-        if pad is None:
-            p = get_padding(self.kernel_size, self.dilation)
-            pad = (p, p)
+        return kernel, bias
+
+    @property
+    def pads(self) -> tuple[int, int]:
+        if self.padding is not None:
+            return tuple(self.padding)
+        p = get_padding(self.kernel_size, self.dilation)
+        return p, p
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.apply_to(x, *self.kernel_and_bias(x.shape[-1]))
+
+    def apply_to(self, x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+        """The layer with the given weights (no variables touched)."""
         y = jax.lax.conv_general_dilated(
             x,
             kernel.astype(x.dtype),
             window_strides=(self.stride,),
-            padding=(tuple(pad),),
+            padding=(self.pads,),
             rhs_dilation=(self.dilation,),
             dimension_numbers=_DN,
         )
         return y + bias.astype(x.dtype)
+
+    def apply_folded(self, x, kernel, bias, length: int, f: int) -> tuple[jax.Array, int]:
+        """The layer on ``x [B, blocks, f * C_in]``, time folded by ``f`` (true length
+        ``length``; :mod:`~hificodec_jax.models.lane_dense`): the output folded the same way,
+        zero past its true length, and that length."""
+        y, out_len = lane_dense.folded_conv(
+            x,
+            kernel.astype(x.dtype),
+            axis=1,
+            length=length,
+            f_in=f,
+            f_out=f,
+            strides=(self.stride,),
+            padding=(self.pads,),
+            dilation=(self.dilation,),
+        )
+        y = y + lane_dense.tile_bias(bias.astype(x.dtype), f)
+        return lane_dense.zero_past(y, 1, f, out_len), out_len
 
 
 def strided_conv_padding(kernel_size: int, stride: int) -> tuple[int, int]:
@@ -225,10 +255,46 @@ class ResBlock1(nn.Module):
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """``mask [B, T]`` zeroes padded frames before every conv, so they act like torch's
         zero padding at the clip's end (then a padded clip gives its unpadded result)."""
-        for c1, c2 in zip(self.convs1, self.convs2, strict=True):
-            xt = c1(apply_mask(nn.leaky_relu(x, LRELU_SLOPE), mask))
-            x = x + c2(apply_mask(nn.leaky_relu(xt, LRELU_SLOPE), mask))
+        return self.apply_with(x, self.weights(x.shape[-1]), mask)
+
+    def apply_with(self, x, weights, mask=None) -> jax.Array:
+        """:meth:`__call__` with the given :meth:`weights` (no variables touched)."""
+        convs = [c for pair in zip(self.convs1, self.convs2, strict=True) for c in pair]
+        for j in range(0, len(convs), 2):
+            xt = convs[j].apply_to(apply_mask(nn.leaky_relu(x, LRELU_SLOPE), mask), *weights[j])
+            y = convs[j + 1].apply_to(
+                apply_mask(nn.leaky_relu(xt, LRELU_SLOPE), mask), *weights[j + 1]
+            )
+            x = x + y
         return x
+
+    def weights(self, c_in: int) -> list[tuple[jax.Array, jax.Array]]:
+        """Every conv's ``(kernel, bias)``, in :meth:`apply_folded`'s order."""
+        return [
+            conv.kernel_and_bias(c_in)
+            for pair in zip(self.convs1, self.convs2, strict=True)
+            for conv in pair
+        ]
+
+    def apply_folded(self, x, weights, mask, f: int) -> jax.Array:
+        """The block on ``x [B, T / f, f * C]`` (time folded by ``f``, ``T`` a multiple of
+        ``f``) with the given :meth:`weights`; ``mask`` is folded the same way (``[B, T / f,
+        f * C]`` or None)."""
+        length = x.shape[1] * f
+        convs = [c for pair in zip(self.convs1, self.convs2, strict=True) for c in pair]
+        for j in range(0, len(convs), 2):
+            xt, _ = convs[j].apply_folded(
+                _masked(nn.leaky_relu(x, LRELU_SLOPE), mask), *weights[j], length, f
+            )
+            y, _ = convs[j + 1].apply_folded(
+                _masked(nn.leaky_relu(xt, LRELU_SLOPE), mask), *weights[j + 1], length, f
+            )
+            x = x + y
+        return x
+
+
+def _masked(x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    return x if mask is None else x * mask.astype(x.dtype)
 
 
 def resblock_reach(kernel_sizes: Sequence[int], dilations: Sequence[Sequence[int]]) -> int:
