@@ -129,3 +129,24 @@ def test_folded_decoder_stages_are_the_direct_ones():
     ]
     for a, b in zip(jax.tree.leaves(grads[1]), jax.tree.leaves(grads[0]), strict=True):
         assert _rel(a, b) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "c_in, c_out, stride, groups, length",
+    [(128, 128, 2, 4, 300), (128, 256, 2, 16, 301), (256, 512, 4, 16, 150), (512, 1024, 4, 16, 77)]
+    + [(1024, 1024, 1, 16, 40)],
+)
+def test_folded_grouped_conv_is_the_grouped_conv(c_in, c_out, stride, groups, length):
+    """MSD's grouped convs (kernel 41, padding 20) with each group's channels folded."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, length, c_in)).astype(np.float32)
+    w = rng.standard_normal((41, c_in // groups, c_out)).astype(np.float32)
+    want = jax.lax.conv_general_dilated(
+        x, w, (stride,), ((20, 20),), dimension_numbers=("NWC", "WIO", "NWC"),
+        feature_group_count=groups,
+    )  # fmt: skip
+    got = lane_dense.folded_grouped_conv1d(x, w, stride=stride, padding=(20, 20), groups=groups)
+    assert got.shape == want.shape
+    assert _rel(got, want) < 2e-6
+    f_in, f_out = lane_dense.grouped_fold_factors(c_in // groups, c_out // groups, stride)
+    assert f_in * c_in // groups >= 128 and (stride * f_out) % f_in == 0

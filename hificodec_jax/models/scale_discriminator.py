@@ -40,6 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hificodec_jax.models import lane_dense
 from hificodec_jax.models.discriminator_units import DiscriminatorFamily, SubDiscriminator
 from hificodec_jax.models.layers import LRELU_SLOPE, _torch_uniform, _WeightNormed, get_padding
 from hificodec_jax.models.strided_conv import space_to_depth_conv
@@ -73,11 +74,26 @@ def grouped_conv1d(
     ``split_groups`` it is computed as ``groups`` dense convs, looped
     (:mod:`hificodec_jax.models.grouped_conv`).
     A strided conv runs as a stride-1 conv over a space-to-depth input (exact; its backward
-    pass is faster on XLA CPU, see :mod:`hificodec_jax.models.strided_conv`).
+    pass is faster on XLA CPU, see :mod:`hificodec_jax.models.strided_conv`). On TPU, groups
+    narrower than the lanes run with time folded into each group's channels (exact;
+    :func:`~hificodec_jax.models.lane_dense.folded_grouped_conv1d`).
     """
-    return space_to_depth_conv(
-        x, kernel, (stride,), (tuple(padding),), groups=groups, split_groups=split_groups
-    )
+
+    def default(x, kernel):
+        return space_to_depth_conv(
+            x, kernel, (stride,), (tuple(padding),), groups=groups, split_groups=split_groups
+        )
+
+    narrow = min(x.shape[-1] // groups, kernel.shape[-1] // groups) < lane_dense.LANES
+    if groups == 1 or not narrow:
+        return default(x, kernel)
+
+    def folded(x, kernel):
+        return lane_dense.folded_grouped_conv1d(
+            x, kernel, stride=stride, padding=padding, groups=groups
+        )
+
+    return jax.lax.platform_dependent(x, kernel, tpu=folded, default=default)
 
 
 def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
