@@ -37,6 +37,34 @@ from hificodec_jax.models.layers import (
 ENCODER_FINAL_SLOPE = 0.01  # reference: F.leaky_relu(x) with torch's default slope, not 0.1
 
 
+def resblocks(blocks, x: jax.Array, mask, layout: str, *, average: bool = False):
+    """Parallel :class:`ResBlock1` s on the same ``x [B, T, C]``: their outputs (a list), or
+    with ``average`` their mean ("MRF"). On TPU (``layout="auto"``) a stage narrower than the
+    lanes (64 or 32 channels) runs them with time folded into channels, exactly
+    (:mod:`~hificodec_jax.models.lane_dense`); ``"direct"`` / ``"folded"`` force one form."""
+    b, t, c = x.shape
+    weights = [block.weights(c) for block in blocks]
+
+    def direct(x, mask, weights):
+        hs = [block.apply_with(x, w, mask) for block, w in zip(blocks, weights, strict=True)]
+        return sum(hs[1:], hs[0]) / len(hs) if average else hs
+
+    def folded(x, mask, weights):
+        xf = lane_dense.fold(x, 1, f)
+        mf = None if mask is None else jnp.repeat(mask.reshape(b, t // f, f), c, axis=-1)
+        hs = [block.apply_folded(xf, w, mf, f) for block, w in zip(blocks, weights, strict=True)]
+        if average:  # one unfold of the mean
+            return lane_dense.unfold(sum(hs[1:], hs[0]) / len(hs), 1, f, t)
+        return [lane_dense.unfold(h, 1, f, t) for h in hs]
+
+    f = lane_dense.fold_factor(c)
+    if layout == "direct" or f == 1 or t % f:
+        return direct(x, mask, weights)
+    if layout == "folded":
+        return folded(x, mask, weights)
+    return jax.lax.platform_dependent(x, mask, weights, tpu=folded, default=direct)
+
+
 class HifiEncoder(nn.Module):
     """``wav [B, T, 1] -> z [B, floor(T / prod(strides)), latent_dim]``.
 
@@ -54,6 +82,7 @@ class HifiEncoder(nn.Module):
     latent_dim: int = 512
     group_size: int = 16
     weight_norm: bool = True
+    layout: str = "auto"  # as HifiDecoder's
 
     def setup(self):
         wn = self.weight_norm
@@ -92,11 +121,11 @@ class HifiEncoder(nn.Module):
             x = up(apply_mask(nn.leaky_relu(x, LRELU_SLOPE), mask))  # [B, T / (s_0..s_i), C_i]
             hop *= self.strides[i]
             mask = frame_mask(None if lengths is None else lengths // hop, x.shape[1])
+            n0 = i * self.num_kernels
+            hs = resblocks(self.resblocks[n0 : n0 + self.num_kernels], x, mask, self.layout)
             xs = None
-            for j in range(self.num_kernels):
-                n = i * self.num_kernels + j
-                h = self.resblocks[n](x, mask)
-                xs = self.normalize[n](h if xs is None else xs + h, mask)
+            for j, h in enumerate(hs):
+                xs = self.normalize[n0 + j](h if xs is None else xs + h, mask)
             x = xs / self.num_kernels
         x = nn.leaky_relu(x, ENCODER_FINAL_SLOPE)
         return self.conv_post(apply_mask(x, mask))  # [B, F, D]
@@ -134,32 +163,6 @@ class HifiDecoder(nn.Module):
         self.num_kernels = len(self.resblock_kernel_sizes)
         self.conv_post = Conv1d(1, 7, weight_norm=wn)
 
-    def _mrf(self, blocks, x: jax.Array, mask: jax.Array | None) -> jax.Array:
-        """The stage's ResBlocks on ``x [B, T, C]``, averaged ("MRF"). On TPU a stage narrower
-        than the lanes (the last two: 64 and 32 channels at half and full rate) runs with time
-        folded into channels (exact; :mod:`~hificodec_jax.models.lane_dense`)."""
-        b, t, c = x.shape
-        weights = [block.weights(c) for block in blocks]
-
-        def direct(x, mask, weights):
-            xs = [block.apply_with(x, w, mask) for block, w in zip(blocks, weights, strict=True)]
-            return sum(xs[1:], xs[0]) / len(blocks)
-
-        def folded(x, mask, weights):
-            xf = lane_dense.fold(x, 1, f)
-            mf = None if mask is None else jnp.repeat(mask.reshape(b, t // f, f), c, axis=-1)
-            xs = [
-                block.apply_folded(xf, w, mf, f) for block, w in zip(blocks, weights, strict=True)
-            ]
-            return lane_dense.unfold(sum(xs[1:], xs[0]) / len(blocks), 1, f, t)
-
-        f = lane_dense.fold_factor(c)
-        if self.layout == "direct" or f == 1 or t % f:
-            return direct(x, mask, weights)
-        if self.layout == "folded":
-            return folded(x, mask, weights)
-        return jax.lax.platform_dependent(x, mask, weights, tpu=folded, default=direct)
-
     def receptive_field(self) -> float:
         """One-sided reach in input frames: how far from a frame its output samples can change."""
         reach, rate = 3.0, 1  # conv_pre (k=7), in frames
@@ -180,8 +183,7 @@ class HifiDecoder(nn.Module):
             x = up(apply_mask(nn.leaky_relu(x, LRELU_SLOPE), mask))  # [B, F * u_0..u_i, C_i]
             hop *= self.upsample_rates[i]
             mask = frame_mask(None if frame_lengths is None else frame_lengths * hop, x.shape[1])
-            x = self._mrf(
-                self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels], x, mask
-            )
+            blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
+            x = resblocks(blocks, x, mask, self.layout, average=True)
         x = self.conv_post(apply_mask(nn.leaky_relu(x, LRELU_SLOPE), mask))  # [B, T, 1]
         return jnp.tanh(x[..., 0])
