@@ -131,25 +131,23 @@ def test_folded_decoder_stages_are_the_direct_ones():
         assert _rel(a, b) < 1e-5
 
 
-@pytest.mark.parametrize(
-    "c_in, c_out, stride, groups, length",
-    [(128, 128, 2, 4, 300), (128, 256, 2, 16, 301), (256, 512, 4, 16, 150), (512, 1024, 4, 16, 77)]
-    + [(1024, 1024, 1, 16, 40)],
-)
-def test_folded_grouped_conv_is_the_grouped_conv(c_in, c_out, stride, groups, length):
-    """MSD's grouped convs (kernel 41, padding 20) with each group's channels folded."""
+@pytest.mark.parametrize("c_in, c_out, stride, groups", [(128, 128, 2, 4), (128, 256, 2, 16)])
+def test_block_diagonal_kernel_is_the_grouped_conv(c_in, c_out, stride, groups):
+    """MSD's first grouped convs (kernel 41, padding 20) as dense convs, TPU's form for them."""
     rng = np.random.default_rng(4)
-    x = rng.standard_normal((2, length, c_in)).astype(np.float32)
+    x = rng.standard_normal((2, 301, c_in)).astype(np.float32)
     w = rng.standard_normal((41, c_in // groups, c_out)).astype(np.float32)
+    dn = ("NWC", "WIO", "NWC")
     want = jax.lax.conv_general_dilated(
-        x, w, (stride,), ((20, 20),), dimension_numbers=("NWC", "WIO", "NWC"),
-        feature_group_count=groups,
-    )  # fmt: skip
-    got = lane_dense.folded_grouped_conv1d(x, w, stride=stride, padding=(20, 20), groups=groups)
-    assert got.shape == want.shape
+        x, w, (stride,), ((20, 20),), dimension_numbers=dn, feature_group_count=groups
+    )
+    dense = lane_dense.block_diagonal_kernel(w, groups)
+    assert dense.shape == (41, c_in, c_out)
+    assert np.count_nonzero(dense) == w.size  # the groups' weights, zero between them
+    got = jax.lax.conv_general_dilated(x, dense, (stride,), ((20, 20),), dimension_numbers=dn)
     assert _rel(got, want) < 2e-6
-    f_in, f_out = lane_dense.grouped_fold_factors(c_in // groups, c_out // groups, stride)
-    assert f_in * c_in // groups >= 128 and (stride * f_out) % f_in == 0
+    assert lane_dense.dense_is_cheaper(c_in, groups)
+    assert not lane_dense.dense_is_cheaper(256, 16)  # MSD's later grouped convs stay grouped
 
 
 def test_folded_encoder_stages_are_the_direct_ones():

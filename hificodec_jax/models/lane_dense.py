@@ -28,7 +28,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["LANES", "fold", "fold_factor", "folded_conv", "tile_bias", "unfold", "zero_past"]
+__all__ = [
+    "LANES",
+    "block_diagonal_kernel",
+    "dense_is_cheaper",
+    "fold",
+    "fold_factor",
+    "folded_conv",
+    "tile_bias",
+    "unfold",
+    "zero_past",
+]
 
 LANES = 128  # a TPU vector register's minor dimension
 
@@ -153,51 +163,20 @@ def tile_bias(bias: jax.Array, f: int) -> jax.Array:
     return jnp.tile(bias, f)
 
 
-def grouped_fold_factors(c_in: int, c_out: int, stride: int) -> tuple[int, int]:
-    """``(f_in, f_out)`` for a grouped conv with ``c_in -> c_out`` channels per group: each
-    group's channels fill the lanes, and ``stride * f_out`` is a multiple of ``f_in``."""
-    f_in, f_out = fold_factor(c_in), fold_factor(c_out)
-    while (stride * f_out) % f_in:
-        f_out *= 2
-    return f_in, f_out
+def block_diagonal_kernel(kernel: jax.Array, groups: int) -> jax.Array:
+    """A grouped conv's ``kernel [*K, C_in/G, C_out]`` as the dense kernel
+    ``[*K, C_in, C_out]`` that is zero between groups (exact: entries copied, not computed)."""
+    *ks, ci, c_out = kernel.shape
+    g, co = groups, c_out // groups
+    w = kernel.reshape(*ks, 1, ci, g, co)
+    same = np.eye(g, dtype=bool).reshape(*(1,) * len(ks), g, 1, g, 1)
+    w = jnp.where(same, w, jnp.zeros((), w.dtype))
+    return w.reshape(*ks, g * ci, c_out)
 
 
-def folded_grouped_conv1d(
-    x: jax.Array, kernel: jax.Array, *, stride: int, padding, groups: int
-) -> jax.Array:
-    """``lax.conv_general_dilated(x [B, T, C_in], kernel [K, C_in/G, C_out], feature_group_count
-    =G)`` computed with time folded into each group's channels (group-major, so the folded
-    conv is again grouped by ``G``): for grouped convs whose groups are narrower than the
-    lanes, e.g. MSD's (4 or 16 groups of 8-64 channels)."""
-    b, t, c_in = x.shape
-    k, ci, c_out = kernel.shape
-    g = groups
-    co = c_out // g
-    lo, hi = (int(p) for p in padding)
-    f_in, f_out = grouped_fold_factors(ci, co, stride)
-    r = stride * f_out // f_in
-    out_len = (t + lo + hi - k) // stride + 1
-    m_min, index, valid = _taps(k, stride, 1, lo, f_in, f_out)
-    taps = index.shape[0]
-    u_out = -(-out_len // f_out)
-    need = r * (u_out - 1) + taps  # folded input positions the valid conv reads
-    left = -m_min
-    blocks = -(-t // f_in)
-    x = jnp.pad(x, ((0, 0), (0, blocks * f_in - t), (0, 0)))
-    # [B, blocks, f_in, G, ci] -> [B, blocks, G, f_in, ci]: each group's phases together.
-    x = x.reshape(b, blocks, f_in, g, ci).transpose(0, 1, 3, 2, 4).reshape(b, blocks, -1)
-    x = jnp.pad(x, ((0, 0), (left, max(0, need - blocks - left)), (0, 0)))[:, :need]
-    # W[m, (a, i), (g, b, o)] = kernel[index[m, a, b], i, g*co + o] where valid.
-    w = kernel.reshape(k, ci, g, co)[jnp.asarray(index)]  # [M, f_in, f_out, ci, G, co]
-    w = jnp.where(valid[:, :, :, None, None, None], w, jnp.zeros((), w.dtype))
-    w = w.transpose(0, 1, 3, 4, 2, 5).reshape(taps, f_in * ci, g * f_out * co)
-    y = jax.lax.conv_general_dilated(
-        x,
-        w,
-        (r,),
-        ((0, 0),),
-        dimension_numbers=("NWC", "WIO", "NWC"),
-        feature_group_count=g,
-    )
-    y = y.reshape(b, u_out, g, f_out, co).transpose(0, 1, 3, 2, 4).reshape(b, u_out * f_out, -1)
-    return y[:, :out_len]
+def dense_is_cheaper(c_in: int, groups: int) -> bool:
+    """Whether a grouped conv runs faster on TPU as the dense conv of its block-diagonal kernel:
+    when the whole input is at most one lane row wide, the dense conv's ``groups`` times the
+    FLOPs at full width beat the narrow groups (compiler's estimates for MSD's convs: 128
+    channels in 4 or 16 groups yes, 256+ channels in 16 groups no)."""
+    return groups > 1 and c_in <= LANES

@@ -74,9 +74,9 @@ def grouped_conv1d(
     ``split_groups`` it is computed as ``groups`` dense convs, looped
     (:mod:`hificodec_jax.models.grouped_conv`).
     A strided conv runs as a stride-1 conv over a space-to-depth input (exact; its backward
-    pass is faster on XLA CPU, see :mod:`hificodec_jax.models.strided_conv`). On TPU, groups
-    narrower than the lanes run with time folded into each group's channels (exact;
-    :func:`~hificodec_jax.models.lane_dense.folded_grouped_conv1d`).
+    pass is faster on XLA CPU, see :mod:`hificodec_jax.models.strided_conv`). On TPU a grouped
+    conv whose input fits one lane row (MSD's first two) runs dense with a block-diagonal
+    kernel (exact; :func:`~hificodec_jax.models.lane_dense.block_diagonal_kernel`).
     """
 
     def default(x, kernel):
@@ -84,16 +84,19 @@ def grouped_conv1d(
             x, kernel, (stride,), (tuple(padding),), groups=groups, split_groups=split_groups
         )
 
-    narrow = min(x.shape[-1] // groups, kernel.shape[-1] // groups) < lane_dense.LANES
-    if groups == 1 or not narrow:
+    if not lane_dense.dense_is_cheaper(x.shape[-1], groups):
         return default(x, kernel)
 
-    def folded(x, kernel):
-        return lane_dense.folded_grouped_conv1d(
-            x, kernel, stride=stride, padding=padding, groups=groups
+    def dense(x, kernel):
+        return jax.lax.conv_general_dilated(
+            x,
+            lane_dense.block_diagonal_kernel(kernel, groups),
+            (stride,),
+            (tuple(padding),),
+            dimension_numbers=("NWC", "WIO", "NWC"),
         )
 
-    return jax.lax.platform_dependent(x, kernel, tpu=folded, default=default)
+    return jax.lax.platform_dependent(x, kernel, tpu=dense, default=default)
 
 
 def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
