@@ -148,36 +148,3 @@ def test_block_diagonal_kernel_is_the_grouped_conv(c_in, c_out, stride, groups):
     assert _rel(got, want) < 2e-6
     assert lane_dense.dense_is_cheaper(c_in, groups)
     assert not lane_dense.dense_is_cheaper(256, 16)  # MSD's later grouped convs stay grouped
-
-
-def test_folded_encoder_stages_are_the_direct_ones():
-    """An encoder whose two stages (32 and 64 channels) fold 4 and 2 time steps into the
-    lanes, GroupNorm between the ResBlocks: latent and every gradient equal the direct form's,
-    also with a padded clip."""
-    from hificodec_jax.models.hifigan import HifiEncoder
-
-    common = dict(
-        strides=(2, 2),
-        kernel_sizes=(4, 4),
-        resblock_kernel_sizes=(3, 7),
-        resblock_dilations=((1, 3), (1, 3)),
-        base_channels=16,
-        latent_dim=64,
-    )
-    direct, folded = (HifiEncoder(**common, layout=lay) for lay in ("direct", "folded"))
-    wav = jnp.asarray(np.random.default_rng(5).standard_normal((2, 64, 1)), jnp.float32)
-    lengths = jnp.asarray([64, 50])
-    params = direct.init(jax.random.key(0), wav, lengths)
-
-    def out(module, params, wav):
-        return module.apply(params, wav, lengths)
-
-    want, got = out(direct, params, wav), out(folded, params, wav)
-    assert got.shape == want.shape == (2, 16, 64)
-    assert _rel(got, want) < 2e-6
-    grads = [
-        jax.grad(lambda p, w, m=m: jnp.sum(jnp.square(out(m, p, w))), argnums=(0, 1))(params, wav)
-        for m in (direct, folded)
-    ]
-    for a, b in zip(jax.tree.leaves(grads[1]), jax.tree.leaves(grads[0]), strict=True):
-        assert _rel(a, b) < 1e-5

@@ -41,7 +41,8 @@ def resblocks(blocks, x: jax.Array, mask, layout: str, *, average: bool = False)
     """Parallel :class:`ResBlock1` s on the same ``x [B, T, C]``: their outputs (a list), or
     with ``average`` their mean ("MRF"). On TPU (``layout="auto"``) a stage narrower than the
     lanes (64 or 32 channels) runs them with time folded into channels, exactly
-    (:mod:`~hificodec_jax.models.lane_dense`); ``"direct"`` / ``"folded"`` force one form."""
+    (:mod:`~hificodec_jax.models.lane_dense`); ``"direct"`` / ``"folded"`` force one form
+    (the encoder uses ``"direct"``)."""
     b, t, c = x.shape
     weights = [block.weights(c) for block in blocks]
 
@@ -82,7 +83,6 @@ class HifiEncoder(nn.Module):
     latent_dim: int = 512
     group_size: int = 16
     weight_norm: bool = True
-    layout: str = "auto"  # as HifiDecoder's
 
     def setup(self):
         wn = self.weight_norm
@@ -122,7 +122,10 @@ class HifiEncoder(nn.Module):
             hop *= self.strides[i]
             mask = frame_mask(None if lengths is None else lengths // hop, x.shape[1])
             n0 = i * self.num_kernels
-            hs = resblocks(self.resblocks[n0 : n0 + self.num_kernels], x, mask, self.layout)
+            # Direct on every platform: folded on TPU, the GroupNorm between the ResBlocks
+            # reads each output back in the narrow layout, which cost more than the fold saved
+            # (docs/performance-notes.md).
+            hs = resblocks(self.resblocks[n0 : n0 + self.num_kernels], x, mask, "direct")
             xs = None
             for j, h in enumerate(hs):
                 xs = self.normalize[n0 + j](h if xs is None else xs + h, mask)
