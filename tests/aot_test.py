@@ -185,12 +185,14 @@ def _command(*argv):
     return parser.parse_args(list(argv))
 
 
-def test_command_applies_overrides_and_refuses_a_job_that_does_not_fit(capsys):
+def test_command_applies_overrides_and_refuses_a_job_that_does_not_fit(capsys, tmp_path):
     _need("cuda")
+    hlo = tmp_path / "encode.hlo"
     args = _command(
         "--target", "h100", "--config", str(REPO / "configs" / "tiny.py"), "--job", "encode",
         "--batch-size", "2", "--seconds", "0.5", "--config.precision=bfloat16",
         "--config.model.quantizer.num_groups", "1", "--capacity-gib", "0.0001", "--quiet",
+        "--dump-hlo", str(hlo),
     )  # fmt: skip
     assert args.config_overrides == [
         "--config.precision=bfloat16",
@@ -201,6 +203,11 @@ def test_command_applies_overrides_and_refuses_a_job_that_does_not_fit(capsys):
     report = json.loads(out.strip().splitlines()[-1])
     assert report["precision"] == "bfloat16" and not report["fits"]
     assert "it does not fit" in err and "needs" in err
+    assert not hlo.exists()  # the inputs alone do not fit: nothing was compiled
+    args.capacity_gib = None
+    assert command.run(args) == 0
+    text = hlo.read_text()  # the optimized program, for where the estimates go
+    assert text.startswith("HloModule") and "__cudnn$conv" in text and "bf16[2," in text
 
 
 def test_command_rejects_bad_arguments(capsys):
