@@ -35,7 +35,7 @@ __all__ = [
     "fold",
     "fold_factor",
     "folded_conv",
-    "tile_bias",
+    "folded_layer",
     "unfold",
     "zero_past",
 ]
@@ -158,9 +158,25 @@ def zero_past(y: jax.Array, axis: int, f: int, length: int) -> jax.Array:
     return y * jnp.asarray(keep.reshape(shape), y.dtype)
 
 
-def tile_bias(bias: jax.Array, f: int) -> jax.Array:
-    """A per-channel bias for outputs folded by ``f``."""
-    return jnp.tile(bias, f)
+def folded_layer(
+    x, kernel, bias, *, axis: int, length: int, f: int, strides, padding, dilation
+) -> tuple[jax.Array, int]:
+    """A conv layer with bias on ``x`` folded by ``f`` along ``axis`` (true length ``length``):
+    the output folded the same way, zero past its true length (as the next layer's padding
+    must read), and that length."""
+    y, out_len = folded_conv(
+        x,
+        kernel.astype(x.dtype),
+        axis=axis,
+        length=length,
+        f_in=f,
+        f_out=f,
+        strides=strides,
+        padding=padding,
+        dilation=dilation,
+    )
+    y = y + jnp.tile(bias.astype(x.dtype), f)
+    return zero_past(y, axis, f, out_len), out_len
 
 
 def block_diagonal_kernel(kernel: jax.Array, groups: int) -> jax.Array:

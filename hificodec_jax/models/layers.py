@@ -139,19 +139,10 @@ class Conv1d(_WeightNormed):
         """The layer on ``x [B, blocks, f * C_in]``, time folded by ``f`` (true length
         ``length``; :mod:`~hificodec_jax.models.lane_dense`): the output folded the same way,
         zero past its true length, and that length."""
-        y, out_len = lane_dense.folded_conv(
-            x,
-            kernel.astype(x.dtype),
-            axis=1,
-            length=length,
-            f_in=f,
-            f_out=f,
-            strides=(self.stride,),
-            padding=(self.pads,),
-            dilation=(self.dilation,),
-        )
-        y = y + lane_dense.tile_bias(bias.astype(x.dtype), f)
-        return lane_dense.zero_past(y, 1, f, out_len), out_len
+        return lane_dense.folded_layer(
+            x, kernel, bias, axis=1, length=length, f=f, strides=(self.stride,),
+            padding=(self.pads,), dilation=(self.dilation,),
+        )  # fmt: skip
 
 
 def strided_conv_padding(kernel_size: int, stride: int) -> tuple[int, int]:

@@ -105,19 +105,10 @@ class Conv2d(_WeightNormed):
     def apply_folded(self, x, kernel, bias, length: int, f: int) -> tuple[jax.Array, int]:
         """The layer on ``x`` folded by ``f`` along frequency (true length ``length``): the
         output folded the same way, past its true length zero, and that length."""
-        y, out_len = lane_dense.folded_conv(
-            x,
-            kernel.astype(x.dtype),
-            axis=2,
-            length=length,
-            f_in=f,
-            f_out=f,
-            strides=tuple(self.stride),
-            padding=self.pads,
-            dilation=tuple(self.dilation),
-        )
-        y = y + lane_dense.tile_bias(bias.astype(x.dtype), f)
-        return lane_dense.zero_past(y, 2, f, out_len), out_len
+        return lane_dense.folded_layer(
+            x, kernel, bias, axis=2, length=length, f=f, strides=tuple(self.stride),
+            padding=self.pads, dilation=tuple(self.dilation),
+        )  # fmt: skip
 
 
 class STFTDiscriminator(nn.Module):
