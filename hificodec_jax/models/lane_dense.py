@@ -1,9 +1,11 @@
-"""Narrow convolutions computed with one spatial axis folded into channels, for TPUs (exact).
+"""Narrow convolutions in lane-dense forms, for TPUs (exact).
 
 Why: a TPU keeps the channel (minor) dimension in 128-wide lanes, so a conv with 32 channels
 fills a quarter of the vector registers and of the matrix unit's width; the TPU compiler's cycle
 model charges a 32-channel conv about 12x the time per FLOP of a 128-channel one (figures in
-docs/performance-notes.md). The MS-STFT discriminator's layers are all 32 filters wide.
+docs/performance-notes.md). Used, on TPU only, by the MS-STFT discriminator (32 filters; folded
+along frequency), the decoder's 64- and 32-channel ResBlock stages (folded along time) and MSD's
+grouped convs whose input fits one lane row (dense, :func:`block_diagonal_kernel`).
 
 Folding: ``f`` neighbours along one spatial axis become one position with ``f`` times the
 channels, ``X[v][(a, i)] = x[f*v + a][i]`` (``a < f``; positions past the true length are zero).
