@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 
@@ -51,6 +50,7 @@ def main(argv=None) -> dict:
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     from hificodec_jax import factory
+    from hificodec_jax.aot.report import estimated_cycles
     from hificodec_jax.models import discriminators
     from hificodec_jax.training import step as train_step
 
@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
         compiled = jax.jit(fn).lower(*specs).compile()
         compile_s = time.perf_counter() - start
         hlo = compiled.as_text()
-        cycles = sum(map(int, re.findall(r'"estimated_cycles":"(\d+)"', hlo)))
+        cycles = estimated_cycles(hlo)
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list | tuple) else cost
         results[name] = {

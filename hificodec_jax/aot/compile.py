@@ -29,7 +29,13 @@ import jax.numpy as jnp
 import ml_collections
 
 from hificodec_jax.aot import targets as targets_lib
-from hificodec_jax.aot.report import Report, as_json_dict, format_table, program_form
+from hificodec_jax.aot.report import (
+    Report,
+    as_json_dict,
+    estimated_cycles,
+    format_table,
+    program_form,
+)
 
 JOBS = ("train", "encode", "decode", "roundtrip")
 # Custom calls the TPU cost model cannot price: each subtracts 1 s from ``optimal_seconds``.
@@ -225,7 +231,7 @@ def compile_job(
     if tgt.platform == "tpu" and cost and "optimal_seconds" in cost:
         report.unpriced_calls = len(_UNPRICED.findall(hlo))
         report.priced_s = float(cost["optimal_seconds"]) + report.unpriced_calls
-        report.cycles = sum(map(int, re.findall(r'"estimated_cycles":"(\d+)"', hlo)))
+        report.cycles = estimated_cycles(hlo)
         report.cycles_s = report.cycles / tgt.clock_hz
     if tgt.platform == "cuda" and report.flops:
         report.compute_floor_s = report.flops / tgt.bf16_flops

@@ -88,6 +88,12 @@ def program_form(hlo: str) -> dict:
     }
 
 
+def estimated_cycles(hlo: str) -> int:
+    """The sum of a compiled TPU program's per-op ``estimated_cycles`` (the compiler's cycle
+    model; divide by the chip's clock for seconds)."""
+    return sum(map(int, re.findall(r'"estimated_cycles":"(\d+)"', hlo)))
+
+
 def format_table(report: Report) -> str:
     """A short human-readable table of a report."""
     gib = 1024**3

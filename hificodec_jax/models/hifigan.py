@@ -147,7 +147,7 @@ class HifiDecoder(nn.Module):
     resblock_kernel_sizes: Sequence[int] = (3, 7, 11)
     resblock_dilations: Sequence[Sequence[int]] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
     weight_norm: bool = True
-    # "auto": narrow stages folded on TPU (see _mrf), direct elsewhere; "direct" / "folded"
+    # "auto": narrow stages folded on TPU (see resblocks), direct elsewhere; "direct" / "folded"
     # force one form (the tests compare them on CPU).
     layout: str = "auto"
 
