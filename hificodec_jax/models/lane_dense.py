@@ -149,14 +149,12 @@ def folded_conv(
 def zero_past(y: jax.Array, axis: int, f: int, length: int) -> jax.Array:
     """Zero the positions of folded ``y`` past ``length`` along ``axis`` (the padding the next
     layer must read as zeros)."""
-    blocks = y.shape[axis]
+    blocks, channels = y.shape[axis], y.shape[-1]
     if blocks * f == length:
         return y
-    keep = (np.arange(blocks * f) < length).reshape(blocks, f, 1)
+    keep = np.repeat(np.arange(blocks * f) < length, channels // f)  # folded order (a, c)
     shape = [1] * y.ndim
-    shape[axis] = blocks
-    keep = np.broadcast_to(keep, (blocks, f, y.shape[-1] // f)).reshape(blocks, -1)
-    shape[-1] = y.shape[-1]
+    shape[axis], shape[-1] = blocks, channels
     return y * jnp.asarray(keep.reshape(shape), y.dtype)
 
 

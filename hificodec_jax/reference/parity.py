@@ -109,8 +109,8 @@ def make_reference_probe(
     ``step_spectral`` (D's parameters and vectors after the whole step).
 
     The same terms in pieces, each its own program: ``probe.d_phase(state, wav)`` (generator
-    forward, D phase, D's update: the ``d_*``/``logits_*``/``gnorm_*`` terms and the keys above
-    but ``step_spectral``) and ``probe.g_phase(state, wav, d_params, spectral)`` (the generator
+    forward, D phase, D's update: ``(terms, extras)``, the ``d_*``/``logits_*``/``gnorm_*``
+    terms unprefixed and the keys above but ``step_spectral``) and ``probe.g_phase(state, wav, d_params, spectral)`` (the generator
     forward again and the G phase against ``d_params``: the G terms unprefixed, ``spectral``
     the fake call's vectors). Run apart, the peak memory is the larger phase's, not their sum.
     """
@@ -164,8 +164,7 @@ def make_reference_probe(
 
     def d_phase(state, wav):
         target, _, wav_hat, _, _ = forward(state, wav)
-        d_terms, out = d_terms_of(state, target, wav_hat)
-        return {**d_terms, **out}
+        return d_terms_of(state, target, wav_hat)
 
     def g_phase(state, wav, d_params, spectral):
         target, lengths, wav_hat, q_loss, g_vjp = forward(state, wav)
@@ -237,23 +236,14 @@ def reference_terms(
     probe = make_reference_probe(codec, discs, tx_d, config)
     # The phases one program each, G's compiled once for both of its calls: the full-size
     # probe's peak is then one phase's buffers and compile, not all three at once.
-    d_out = jax.tree.map(np.asarray, _run_alone(probe.d_phase, state, wav))
+    d_terms, out = jax.tree.map(np.asarray, _run_alone(probe.d_phase, state, wav))
     g_phase = jax.jit(probe.g_phase).lower(state, wav, state.d_params, state.spectral).compile()
     host_memory.release_freed_memory()
-    out = {k: v for k, v in d_out.items() if k not in ("wav_hat", "d_spectral", "step_d_params")}
-    terms = {f"init/{k}": v for k, v in out.items()}
-    terms.update({f"step/{k}": v for k, v in out.items()})
-    for prefix, dp in (("init", state.d_params), ("step", d_out["step_d_params"])):
-        g_out = jax.tree.map(np.asarray, g_phase(state, wav, dp, d_out["d_spectral"]))
-        spectral = g_out.pop("spectral")
-        terms.update({f"{prefix}/{k}": v for k, v in g_out.items()})
-    return {
-        **terms,
-        "wav_hat": d_out["wav_hat"],
-        "d_spectral": d_out["d_spectral"],
-        "step_d_params": d_out["step_d_params"],
-        "step_spectral": spectral,  # the step's ("step" comes last)
-    }
+    for prefix, dp in (("init", state.d_params), ("step", out["step_d_params"])):
+        g_terms = jax.tree.map(np.asarray, g_phase(state, wav, dp, out["d_spectral"]))
+        out["step_spectral"] = g_terms.pop("spectral")  # the step's ("step" comes last)
+        out.update({f"{prefix}/{k}": v for k, v in {**d_terms, **g_terms}.items()})
+    return out
 
 
 def _run_alone(fn, *args):
