@@ -56,8 +56,17 @@ def tpu_train():
 
 @pytest.fixture(scope="module")
 def gpu_train():
+    """The tiny train step for two H100s, and its compiled HLO text."""
     _need("cuda")
-    return aot.compile_job("h100", tiny_step_config(), "train", batch_size=1)
+    hlo = []
+    report = aot.compile_job(
+        "h100-2",
+        tiny_step_config(),
+        "train",
+        batch_size=2,
+        on_compiled=lambda c: hlo.append(c.as_text()),
+    )
+    return report, hlo[0]
 
 
 def _grvq4_roundtrip(target):
@@ -109,12 +118,15 @@ def test_tiny_train_step_for_v5e(tpu_train):
     assert set(r.form["conv_dtypes"]) == {"f32"}
 
 
-def test_train_step_moves_no_rows_between_chips(tpu_train):
+@pytest.mark.parametrize("compiled", ["tpu_train", "gpu_train"])
+def test_train_step_moves_no_rows_between_chips(compiled, request):
     """Each chip keeps its rows of the batch through the step: no collective-permute or
-    all-to-all. What crosses chips is the gradient and metric all-reduce and, from the
-    quantizer, the codebooks' statistics over the global batch (k-means initialisation and
-    dead-code restarts: all-gathers of codebook-sized arrays)."""
-    r, hlo = tpu_train
+    all-to-all, and no all-gather of the batch (the GPU partitioner gathers it before an FFT
+    unless the spectrograms and discriminators run on each chip's own rows). What crosses
+    chips is the gradient and metric all-reduce and, from the quantizer, the codebooks'
+    statistics over the global batch (k-means initialisation and dead-code restarts:
+    all-gathers of codebook-sized arrays)."""
+    r, hlo = request.getfixturevalue(compiled)
     assert r.form["collective_permutes"] == 0 and r.form["all_to_alls"] == 0
     assert r.form["all_reduces"] > 0
     gathers = re.findall(r" all-gather(?:-start)?\(.*", hlo)
@@ -124,8 +136,8 @@ def test_train_step_moves_no_rows_between_chips(tpu_train):
 
 
 def test_tiny_train_step_for_h100(gpu_train):
-    r = gpu_train
-    _assert_memory(r, chips=1)
+    r, _ = gpu_train
+    _assert_memory(r, chips=2)
     assert r.priced_s is None and r.cycles is None  # the GPU compiler gives no estimate
     assert r.compute_floor_s == pytest.approx(r.flops / 989e12)
     assert r.form["cudnn_convolutions"] > 0 and r.form["convolutions"] == 0

@@ -107,15 +107,33 @@ def _codec_program(config, devices, job: str, seconds: float):
 # ----------------------------------------------------------------------------------------------
 
 
-def _gpu_flops(lowered, chips: int) -> float | None:
-    """XLA's HLO cost analysis of the program before optimisation (the GPU compiler gives
-    none), split evenly over the chips; ``None`` where this jaxlib cannot run it."""
+def _program(config, devices, job: str, seconds: float):
+    """``(jitted fn, args, batch, seconds)`` of ``job`` on a mesh of ``devices``."""
+    if job == "train":
+        return _train_program(config, devices)
+    return _codec_program(config, devices, job, seconds)
+
+
+def _one_chip_lowered(config, devices, job: str, seconds: float, chips: int):
+    """The job at its batch per chip, lowered for one of the target's devices: one chip's
+    program (the same FLOPs per chip; the FSDP split does not change them)."""
+    one = job_config(config, batch_size=config.batch_size // chips)
+    one.mesh.fsdp = 1
+    fn, args, _, _ = _program(one, devices[:1], job, seconds)
+    return fn.lower(*args)
+
+
+def _gpu_flops(lowered) -> float | None:
+    """XLA's HLO cost analysis of a one-chip program before optimisation (the GPU compiler
+    gives none); ``None`` where this jaxlib cannot run it. A program for several chips would
+    not do, divided by their number: its parts that run per device
+    (``sharding.on_own_rows``) already have one chip's shapes."""
     try:
         from jax._src.lib import _jax
 
         module = lowered.compiler_ir(dialect="hlo").as_hlo_module()
         cost = _jax.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module)
-        return float(cost["flops"]) / chips
+        return float(cost["flops"])
     except Exception:  # a private API: no figure rather than no report
         return None
 
@@ -174,10 +192,7 @@ def compile_job(
     devices = targets_lib.devices(target)
 
     t = time.perf_counter()
-    if job == "train":
-        fn, args, batch, seconds = _train_program(config, devices)
-    else:
-        fn, args, batch, seconds = _codec_program(config, devices, job, seconds)
+    fn, args, batch, seconds = _program(config, devices, job, seconds)
     lowered = fn.lower(*args)
     lower_s = time.perf_counter() - t
     capacity = int(capacity_bytes) if capacity_bytes is not None else tgt.usable_bytes
@@ -226,8 +241,10 @@ def compile_job(
         report.bytes_accessed = float(cost.get("bytes accessed", 0.0))
         report.flops_source = "compiled program (per chip)"
     elif tgt.platform == "cuda":
-        report.flops = _gpu_flops(lowered, tgt.chips)
-        report.flops_source = "HLO cost analysis before optimisation / chips"
+        if tgt.chips > 1:
+            lowered = _one_chip_lowered(config, devices, job, seconds, tgt.chips)
+        report.flops = _gpu_flops(lowered)
+        report.flops_source = "HLO cost analysis of one chip's program before optimisation"
     if tgt.platform == "tpu" and cost and "optimal_seconds" in cost:
         report.unpriced_calls = len(_UNPRICED.findall(hlo))
         report.priced_s = float(cost["optimal_seconds"]) + report.unpriced_calls

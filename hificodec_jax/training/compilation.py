@@ -47,7 +47,7 @@ def build(config: ml_collections.ConfigDict, mesh, steps_per_epoch: int | None =
     abstract = with_shardings(shapes, state_sharding)  # what a checkpoint restores into
     init = jax.jit(create, out_shardings=state_sharding)
     step = jax.jit(
-        make_train_step(codec, discs, tx_g, tx_d, (sched_g, sched_d), config),
+        make_train_step(codec, discs, tx_g, tx_d, (sched_g, sched_d), config, mesh),
         in_shardings=(state_sharding, data),
         out_shardings=(state_sharding, repl),
         donate_argnums=(0,),

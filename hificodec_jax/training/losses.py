@@ -216,6 +216,7 @@ def multi_resolution_mel_loss(
     fmin: float = 0.0,
     fmax: float | None = None,
     lengths: jax.Array | None = None,
+    spectrogram=mel_spectrogram,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Weighted sum of L1 distances between reference log-mels of ``wav`` and ``wav_hat``.
 
@@ -229,6 +230,7 @@ def multi_resolution_mel_loss(
     frames ``t`` with ``t * hop < length``, i.e. the first ``ceil(length / hop)`` frames (frames
     whose left edge, in unpadded coordinates, starts inside the signal).  The padding itself
     still enters the last valid frames; the reference has no masking (``None``).
+    ``spectrogram``: ``mel_spectrogram`` or a wrapper of it (e.g. run per device).
     """
     wav, wav_hat = _as_bt(wav), _as_bt(wav_hat)
     if wav.shape != wav_hat.shape:
@@ -245,7 +247,7 @@ def multi_resolution_mel_loss(
             fmin=fmin,
             fmax=fmax,
         )
-        diff = _abs(mel_spectrogram(wav, **kw) - mel_spectrogram(wav_hat, **kw))
+        diff = _abs(spectrogram(wav, **kw) - spectrogram(wav_hat, **kw))
         mask = None
         if lengths is not None:
             frames = jnp.arange(diff.shape[1])

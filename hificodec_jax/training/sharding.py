@@ -10,6 +10,8 @@ replicated. Nothing model-specific lives here.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
@@ -53,6 +55,38 @@ def param_sharding(shape, mesh: Mesh, min_size: int = MIN_SHARDED_SIZE) -> Named
             spec[dim] = "fsdp"
             return NamedSharding(mesh, P(*spec))
     return replicated(mesh)
+
+
+def on_own_rows(fn, mesh: Mesh | None, *, whole_args: int = 0, whole_output: bool = False):
+    """``fn(*args, **kwargs)`` run by each device on its own rows of the batch.
+
+    The first ``whole_args`` positional arguments (e.g. parameters) are whole on every device,
+    the others are split along their first axis over the batch axes, and so is the output; with
+    ``whole_output`` the output is a pair ``(per_row, whole)`` whose second part is whole (it
+    must be computed from the whole arguments alone). Keyword arguments are static. Why not
+    leave it to the partitioner: XLA's GPU partitioner does not split an FFT or a grouped
+    convolution along a sharded batch, it gathers the whole batch onto every GPU first and runs
+    the layer on all of it. Gradients of whole arguments are summed over devices, as without
+    the map. With no mesh, or one device, ``fn`` itself.
+    """
+    if mesh is None or mesh.size == 1:
+        return fn
+    rows, whole = P(BATCH_AXES), P()
+
+    def run(*args, **kwargs):
+        in_specs = (whole,) * whole_args + (rows,) * (len(args) - whole_args)
+        mapped = jax.shard_map(
+            functools.partial(fn, **kwargs),
+            mesh=mesh,
+            in_specs=in_specs,
+            out_specs=(rows, whole) if whole_output else rows,
+            # The CPU branch of a platform-dependent layer loops with a carry that starts
+            # replicated (grouped_conv), which the varying-axes check rejects.
+            check_vma=False,
+        )
+        return mapped(*args)
+
+    return run
 
 
 def state_shardings(abstract_state, mesh: Mesh, min_size: int = MIN_SHARDED_SIZE):

@@ -33,10 +33,11 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from hificodec_jax.audio.spectral import mel_spectrogram
 from hificodec_jax.models import discriminators
 from hificodec_jax.models.layers import param_init_key
 from hificodec_jax.models.quantizer import stream_names
-from hificodec_jax.training import losses, optim
+from hificodec_jax.training import losses, optim, sharding
 
 sg = jax.lax.stop_gradient
 
@@ -246,7 +247,17 @@ def generator_forward(codec: nn.Module, g_params, vq, wav, lengths, rng):
 
 
 def generator_gradients(
-    units, d_params, spectral, target, wav_hat, lengths, q_loss, g_vjp, config, real_fmaps=None
+    units,
+    d_params,
+    spectral,
+    target,
+    wav_hat,
+    lengths,
+    q_loss,
+    g_vjp,
+    config,
+    real_fmaps=None,
+    mesh=None,
 ):
     """The G phase against discriminators ``d_params``: ``(parts, g_loss, g_grads)``.
 
@@ -254,7 +265,8 @@ def generator_gradients(
     (:func:`adversarial_wave_gradient`), the mel (and optional waveform L1) terms, and the
     quantizer loss; ``g_grads`` is the whole objective's gradient pulled back through ``g_vjp``
     (from :func:`generator_forward`). ``parts`` holds every ``loss/...`` term, ``loss/quantizer``
-    and ``loss/g_total``. ``spectral``: as :func:`adversarial_wave_gradient`'s.
+    and ``loss/g_total``. ``spectral``: as :func:`adversarial_wave_gradient`'s. ``mesh``: the
+    one the batch is split over (the spectrograms are computed on each device's own rows).
     """
     lc = config.loss
     sr = config.audio.sample_rate
@@ -266,7 +278,12 @@ def generator_gradients(
 
     def wave_objective(wav_hat):
         mel, mel_terms = losses.multi_resolution_mel_loss(
-            target, wav_hat, sample_rate=sr, resolutions=resolutions, lengths=lengths
+            target,
+            wav_hat,
+            sample_rate=sr,
+            resolutions=resolutions,
+            lengths=lengths,
+            spectrogram=sharding.on_own_rows(mel_spectrogram, mesh),
         )
         parts = {"loss/mel": mel, **{f"loss/{k}": v for k, v in mel_terms.items()}}
         total = lc.mel_weight * mel
@@ -297,6 +314,18 @@ def g_phase_spectral(d_params, spectral, *, per_call: bool, reuse_real: bool = F
     return real, discriminators.power_iterations(d_params, real, 1)
 
 
+class _OwnRows:
+    """A sub-discriminator whose ``apply`` runs on each device's own rows of its input
+    (:func:`hificodec_jax.training.sharding.on_own_rows`); everything else is the unit's."""
+
+    def __init__(self, unit, mesh):
+        self._unit = unit
+        self.apply = sharding.on_own_rows(unit.apply, mesh, whole_args=2, whole_output=True)
+
+    def __getattr__(self, name):
+        return getattr(self._unit, name)
+
+
 def make_train_step(
     codec: nn.Module,
     discs: nn.Module,
@@ -304,15 +333,17 @@ def make_train_step(
     tx_d: optax.GradientTransformation,
     schedules: tuple[optax.Schedule, optax.Schedule],
     config: ml_collections.ConfigDict,
+    mesh=None,
 ):
     """``step(state, batch) -> (state, metrics)`` (not yet jitted; see ``compilation.build``).
 
     ``batch = {"wav": [B, T] float32, "lengths": [B] int32}``; metrics are a flat dict of
-    scalars (``loss/...``, ``vq/...``, ``grad_norm/...``, ``lr/...``, ``train/...``).
+    scalars (``loss/...``, ``vq/...``, ``grad_norm/...``, ``lr/...``, ``train/...``). With the
+    ``mesh`` the batch is split over, every discriminator call runs on each device's own rows.
     """
     lc = config.loss
     d_loss_fn = adversarial_losses(lc)[0]
-    units = discriminators.sub_discriminators(discs)
+    units = [_OwnRows(u, mesh) for u in discriminators.sub_discriminators(discs)]
     # Deviation, off by default: feature-matching targets from the D phase's forward pass on
     # the real audio (D before its update) instead of a second forward with the updated D.
     reuse_real = bool(lc.get("reuse_real_features", False))
@@ -352,7 +383,17 @@ def make_train_step(
         # -- G step against the updated D -----------------------------------------------------
         spectral_g = g_phase_spectral(d_params, spectral, per_call=per_call, reuse_real=reuse_real)
         g_parts, g_loss, g_grads = generator_gradients(
-            units, d_params, spectral_g, target, wav_hat, lengths, q_loss, g_vjp, config, real_fmaps
+            units,
+            d_params,
+            spectral_g,
+            target,
+            wav_hat,
+            lengths,
+            q_loss,
+            g_vjp,
+            config,
+            real_fmaps,
+            mesh,
         )
         spectral = spectral_g[1]  # the last call's
         g_params, g_opt_state, vq, g_grad_norm, g_ok = optim.update_if_finite(
