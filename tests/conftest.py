@@ -41,11 +41,34 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+# The files that take longest (mostly compiling), longest first, as measured
+# (docs/development.md): the two workers take files in this order (pyproject.toml:
+# --no-loadscope-reorder), so the long ones start early and short ones even out the end.
+_LONGEST_FIRST = (
+    "aot_test.py",
+    "training_parity_test.py",
+    "train_step_test.py",
+    "reference_resume_test.py",
+    "tokenize_test.py",
+    "train_test.py",
+    "streaming_test.py",
+    "export_test.py",
+    "train_step_parity_test.py",
+)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Run the multi-process test last: its single-process reference then reuses the programs
-    the training tests put into the session's compilation cache."""
+    """Longest files first (above); the multi-process test last: its single-process reference
+    then reuses the programs the training tests put into the session's compilation cache."""
     del config
-    items.sort(key=lambda item: item.path.name == "multiprocess_test.py")
+
+    def rank(item):
+        name = item.path.name
+        if name == "multiprocess_test.py":
+            return len(_LONGEST_FIRST) + 1
+        return _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file's tests keep their order
 
 
 # ------------------------------------------------------------------------------------- memory

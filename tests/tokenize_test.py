@@ -4,8 +4,9 @@ change, bad files are listed with reasons, every input kind reads, the store rea
 through TokenSource and grain, and verify catches a corrupt shard.
 
 The reference for a record is ``jit(codec.apply(method="encode"))`` on its audio alone. The
-exactness run and the resume / multi-process runs are subprocesses with XLA's default flags
-(the library's) and 2 CPU devices; clip lengths come from a small set so that the references
+exactness run and the resume / multi-process runs are subprocesses with the session's XLA
+flags (conftest: cheaper code generation, the same programs; a reference and the batches
+it is compared with always compile under the same flags) and 2 CPU devices; clip lengths come from a small set so that the references
 compile few shapes. With the random codebooks of these tests near-ties are common: where a
 padded batch rounds differently from the clip alone, one frame of a record may flip.
 """
@@ -28,7 +29,7 @@ import jax
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import REPO, config, fast_init
+from helpers import REPO, config, fast_init, xla_flags
 
 import hificodec_jax
 from hificodec_jax import model_dir
@@ -118,11 +119,11 @@ def corpus(tmp_path_factory):
 
 
 def subprocess_env(devices: int) -> dict:
-    """XLA's default flags (the library's), ``devices`` CPU devices, this checkout first, and
+    """The session's XLA flags with ``devices`` CPU devices, this checkout first, and
     the session's compilation cache (the subprocesses compile the same shapes)."""
     return dict(
         os.environ,
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=xla_flags(devices),
         JAX_PLATFORMS="cpu",
         PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
         JAX_COMPILATION_CACHE_DIR=str(jax.config.jax_compilation_cache_dir or ""),
@@ -290,7 +291,7 @@ def test_grvq4_codes_equal_single_file_encode(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# Resume and processes: the CLI in subprocesses (XLA's default flags, 2 CPU devices each)
+# Resume and processes: the CLI in subprocesses (the session's XLA flags, 2 CPU devices each)
 
 CLI = (
     "import argparse, sys; from hificodec_jax.cli import tokenize as command; "

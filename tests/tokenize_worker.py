@@ -1,5 +1,5 @@
-"""The exactness run of ``tokenize_test.py``, in a process with XLA's default flags (as the
-library runs), 2 simulated CPU devices.
+"""The exactness run of ``tokenize_test.py``, in a process of its own with 2 simulated CPU
+devices (and the session's XLA flags, ``tokenize_test.subprocess_env``).
 
 ``python tokenize_worker.py MODEL_DIR CORPUS_DIR OUT_ROOT``: encodes every good record of the
 corpus alone (the reference), tokenizes the corpus with batch budgets of 1, 16 and 64 clips

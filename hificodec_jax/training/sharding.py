@@ -89,6 +89,18 @@ def on_own_rows(fn, mesh: Mesh | None, *, whole_args: int = 0, whole_output: boo
     return run
 
 
+class OwnRows:
+    """``unit`` whose ``apply(params, state, x, **kw) -> (per_row, state)`` runs on each
+    device's own rows of ``x`` (:func:`on_own_rows`); every other attribute is ``unit``'s."""
+
+    def __init__(self, unit, mesh: Mesh | None):
+        self._unit = unit
+        self.apply = on_own_rows(unit.apply, mesh, whole_args=2, whole_output=True)
+
+    def __getattr__(self, name):
+        return getattr(self._unit, name)
+
+
 def state_shardings(abstract_state, mesh: Mesh, min_size: int = MIN_SHARDED_SIZE):
     """Shardings for a train state (or any pytree of arrays / shape structs)."""
     return jax.tree.map(lambda x: param_sharding(x.shape, mesh, min_size), abstract_state)

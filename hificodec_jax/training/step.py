@@ -6,8 +6,8 @@ is linearised with ``jax.vjp`` and the G losses only differentiate w.r.t. ``wav_
 quantizer loss), so D's weight gradients are never computed in the G phase.
 
 The discriminator side runs one sub-discriminator at a time (forward and backward), so the
-activations of only one are alive at once; the result is the same sum of losses and gradients.
-The phases are functions of their own (:func:`generator_forward`,
+activations of only one are alive at once, each on every device's own rows of the batch. The
+phases are functions of their own (:func:`generator_forward`,
 :func:`discriminator_gradients`, :func:`generator_gradients`), which
 :mod:`~hificodec_jax.reference.parity` runs in the same order to compare every term with
 the reference's training-parity fixture.
@@ -24,6 +24,7 @@ second forward pass with the updated D (one forward pass per sub-discriminator l
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax
@@ -52,9 +53,7 @@ class TrainState(flax.struct.PyTreeNode):
     d_opt_state: Any
     vq: Any  # EMA codebook collection ({} in "loss" mode); never touched by optax
     spectral: Any  # MSD spectral-norm power-iteration vectors
-    rng: (
-        jax.Array
-    )  # base key as raw uint32 key data (checkpointable); step key = fold_in(rng, step)
+    rng: jax.Array  # base key as raw uint32 key data; step key = fold_in(rng, step)
     skipped: jax.Array  # [2] int32: G and D updates skipped for non-finite values
 
 
@@ -270,7 +269,8 @@ def generator_gradients(
     """
     lc = config.loss
     sr = config.audio.sample_rate
-    resolutions = losses.reference_mel_resolutions(sr)
+    res = losses.reference_mel_resolutions(sr)
+    spec = sharding.on_own_rows(mel_spectrogram, mesh)
     g_adv_fn = adversarial_losses(lc)[1]
     g_parts, dwav_adv = adversarial_wave_gradient(
         units, d_params, spectral, target, wav_hat, g_adv_fn, lc, real_fmaps
@@ -278,12 +278,7 @@ def generator_gradients(
 
     def wave_objective(wav_hat):
         mel, mel_terms = losses.multi_resolution_mel_loss(
-            target,
-            wav_hat,
-            sample_rate=sr,
-            resolutions=resolutions,
-            lengths=lengths,
-            spectrogram=sharding.on_own_rows(mel_spectrogram, mesh),
+            target, wav_hat, sample_rate=sr, resolutions=res, lengths=lengths, spectrogram=spec
         )
         parts = {"loss/mel": mel, **{f"loss/{k}": v for k, v in mel_terms.items()}}
         total = lc.mel_weight * mel
@@ -314,18 +309,6 @@ def g_phase_spectral(d_params, spectral, *, per_call: bool, reuse_real: bool = F
     return real, discriminators.power_iterations(d_params, real, 1)
 
 
-class _OwnRows:
-    """A sub-discriminator whose ``apply`` runs on each device's own rows of its input
-    (:func:`hificodec_jax.training.sharding.on_own_rows`); everything else is the unit's."""
-
-    def __init__(self, unit, mesh):
-        self._unit = unit
-        self.apply = sharding.on_own_rows(unit.apply, mesh, whole_args=2, whole_output=True)
-
-    def __getattr__(self, name):
-        return getattr(self._unit, name)
-
-
 def make_train_step(
     codec: nn.Module,
     discs: nn.Module,
@@ -343,13 +326,14 @@ def make_train_step(
     """
     lc = config.loss
     d_loss_fn = adversarial_losses(lc)[0]
-    units = [_OwnRows(u, mesh) for u in discriminators.sub_discriminators(discs)]
+    units = [sharding.OwnRows(u, mesh) for u in discriminators.sub_discriminators(discs)]
     # Deviation, off by default: feature-matching targets from the D phase's forward pass on
     # the real audio (D before its update) instead of a second forward with the updated D.
     reuse_real = bool(lc.get("reuse_real_features", False))
     per_call = discriminators.power_iterations_per_call(discs)
     q_cfg = config.model.quantizer
     names = stream_names(q_cfg.num_levels * q_cfg.num_groups, q_cfg.num_groups)
+    g_phase = functools.partial(generator_gradients, mesh=mesh)
 
     def step(state: TrainState, batch: dict):
         wav, lengths = batch["wav"], batch["lengths"]
@@ -382,18 +366,8 @@ def make_train_step(
 
         # -- G step against the updated D -----------------------------------------------------
         spectral_g = g_phase_spectral(d_params, spectral, per_call=per_call, reuse_real=reuse_real)
-        g_parts, g_loss, g_grads = generator_gradients(
-            units,
-            d_params,
-            spectral_g,
-            target,
-            wav_hat,
-            lengths,
-            q_loss,
-            g_vjp,
-            config,
-            real_fmaps,
-            mesh,
+        g_parts, g_loss, g_grads = g_phase(
+            units, d_params, spectral_g, target, wav_hat, lengths, q_loss, g_vjp, config, real_fmaps
         )
         spectral = spectral_g[1]  # the last call's
         g_params, g_opt_state, vq, g_grad_norm, g_ok = optim.update_if_finite(
