@@ -39,34 +39,29 @@ def _need(platform: str) -> None:
         pytest.skip(reason)
 
 
-@pytest.fixture(scope="module")
-def tpu_train():
-    """The tiny train step for two v5e chips, and its compiled HLO text."""
-    _need("tpu")
+def _tiny_train_on_two_chips(target):
+    """The tiny train step compiled for ``target`` (two chips, batch 1 each), and its HLO."""
     hlo = []
     report = aot.compile_job(
-        "v5e-2",
+        target,
         tiny_step_config(),
         "train",
         batch_size=2,
         on_compiled=lambda c: hlo.append(c.as_text()),
     )
     return report, hlo[0]
+
+
+@pytest.fixture(scope="module")
+def tpu_train():
+    _need("tpu")
+    return _tiny_train_on_two_chips("v5e-2")
 
 
 @pytest.fixture(scope="module")
 def gpu_train():
-    """The tiny train step for two H100s, and its compiled HLO text."""
     _need("cuda")
-    hlo = []
-    report = aot.compile_job(
-        "h100-2",
-        tiny_step_config(),
-        "train",
-        batch_size=2,
-        on_compiled=lambda c: hlo.append(c.as_text()),
-    )
-    return report, hlo[0]
+    return _tiny_train_on_two_chips("h100-2")
 
 
 def _grvq4_roundtrip(target):
