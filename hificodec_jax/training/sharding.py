@@ -80,8 +80,9 @@ def on_own_rows(fn, mesh: Mesh | None, *, whole_args: int = 0, whole_output: boo
             mesh=mesh,
             in_specs=in_specs,
             out_specs=(rows, whole) if whole_output else rows,
-            # The CPU branch of a platform-dependent layer loops with a carry that starts
-            # replicated (grouped_conv), which the varying-axes check rejects.
+            # The varying-axes check would make layers know the mesh: the CPU grouped conv
+            # (grouped_conv) loops from a replicated carry, and its custom VJP returns each
+            # device's kernel gradient, which the map's boundary sums.
             check_vma=False,
         )
         return mapped(*args)
