@@ -2,10 +2,13 @@
 (``feature_group_count``): outputs and both gradients, 1-D and 2-D, symmetric and asymmetric
 padding; and the compiled gradient's structure the rewrite exists for (one convolution per
 pass whatever the number of groups, all in the canonical form XLA CPU runs as a library call).
+``dense_conv`` (one dense conv, the same VJP, with dilation) against ``lax``, and its gradient
+convolutions canonical inside a ``shard_map``, where jax's own are not.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 
 import jax
@@ -13,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hificodec_jax.models.grouped_conv import looped_grouped_conv
+from hificodec_jax.models.grouped_conv import dense_conv, looped_grouped_conv
 
 HI = jax.lax.Precision.HIGHEST
 
@@ -91,3 +94,73 @@ def test_compiled_gradient_has_three_canonical_convolutions(groups):
     hlo = grad.lower(x, w).compile().as_text()
     labels = re.findall(r"convolution\(.*?dim_labels=([^,\s]+)", hlo)
     assert labels == ["b0f_0io->b0f"] * 3, labels
+
+
+@pytest.mark.parametrize(
+    "spatial,kernel,padding,dilation",
+    [
+        ((30,), (7,), ((3, 3),), (1,)),
+        ((30,), (3,), ((2, 2),), (2,)),  # dilated, "same"
+        ((25,), (5,), ((0, 3),), (1,)),  # asymmetric padding
+        ((12, 17), (3, 5), ((1, 1), (2, 2)), (1, 1)),  # 2-D (the MS-STFT convs)
+        ((12, 17), (3, 5), ((4, 4), (2, 2)), (4, 1)),  # 2-D, dilated in time
+        ((9, 8), (2, 3), ((0, 1), (2, 0)), (1, 1)),  # 2-D, asymmetric
+        ((10,), (3,), ((3, 0),), (1,)),  # padding past the kernel's reach: XLA's own VJP
+    ],
+)
+def test_dense_conv_outputs_and_gradients_equal_lax(spatial, kernel, padding, dilation):
+    rng = np.random.default_rng(sum(spatial) + sum(kernel))
+    x = jnp.asarray(rng.standard_normal((3, *spatial, 4)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((*kernel, 4, 5)), jnp.float32)
+    dn = ("NWC", "WIO", "NWC") if x.ndim == 3 else ("NHWC", "HWIO", "NHWC")
+
+    def ref(a, b):
+        return jax.lax.conv_general_dilated(
+            a, b, (1,) * len(spatial), padding, rhs_dilation=dilation, dimension_numbers=dn,
+            precision=HI,
+        )  # fmt: skip
+
+    def ours(a, b):
+        with jax.default_matmul_precision("highest"):
+            return dense_conv(a, b, padding, dilation)
+
+    y_ref, vjp_ref = jax.vjp(ref, x, w)
+    y, vjp = jax.vjp(ours, x, w)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    cot = jnp.asarray(rng.standard_normal(y_ref.shape), jnp.float32)
+    for a, b in zip(jax.jit(vjp)(cot), vjp_ref(cot), strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+def test_dense_conv_gradients_stay_canonical_inside_shard_map():
+    """A platform choice inside a ``shard_map`` body is a conditional when XLA CPU makes the
+    gradient convolutions canonical, so jax's own stay in their transposed forms there (naive
+    loops); ``dense_conv``'s are the canonical library calls."""
+    from hificodec_jax.training import sharding
+
+    mesh = sharding.make_mesh()
+    x = jnp.zeros((8, 20, 16, 4), jnp.float32)
+    w = jnp.zeros((3, 5, 4, 8), jnp.float32)
+    pad = ((2, 2), (2, 2))
+
+    def labels(conv):
+        def loss(a, b):
+            y = sharding.on_own_rows(lambda b, a: conv(a, b), mesh, whole_args=1)(b, a)
+            return jnp.sum(y**2)
+
+        hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, w).compile().as_text()
+        return sorted(set(re.findall(r"convolution\(.*?dim_labels=([^,\s]+)", hlo)))
+
+    lax_conv = functools.partial(
+        jax.lax.conv_general_dilated, window_strides=(1, 1), padding=pad,
+        rhs_dilation=(2, 1), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )  # fmt: skip
+
+    def choose(conv):
+        return lambda a, b: jax.lax.platform_dependent(a, b, cpu=conv, default=lax_conv)
+
+    assert labels(lax_conv) == ["b01f_01io->b01f"]
+    assert labels(choose(lax_conv)) != ["b01f_01io->b01f"]  # what dense_conv is for
+    assert labels(choose(lambda a, b: dense_conv(a, b, pad, (2, 1)))) == ["b01f_01io->b01f"]

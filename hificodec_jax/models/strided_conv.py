@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from hificodec_jax.models.grouped_conv import dimension_numbers, looped_grouped_conv
+from hificodec_jax.models.grouped_conv import dense_conv, dimension_numbers, looped_grouped_conv
 
 __all__ = ["conv_general", "native_conv", "space_to_depth_conv"]
 
@@ -54,11 +54,15 @@ def conv_general(
     ``feature_group_count`` convolution is several times slower. Stride 1 without dilation (every
     grouped conv here, after space-to-depth) loops over the groups
     (:func:`~hificodec_jax.models.grouped_conv.looped_grouped_conv`); otherwise the groups
-    are unrolled on channel slices and concatenated.
+    are unrolled on channel slices and concatenated. A stride-1 dense conv is
+    :func:`~hificodec_jax.models.grouped_conv.dense_conv`, whose gradients stay in the form
+    XLA CPU runs as a library call.
     """
     dil = tuple(rhs_dilation) if rhs_dilation is not None else (1,) * (x.ndim - 2)
 
     def conv(a, w, g):
+        if g == 1 and all(s == 1 for s in strides):
+            return dense_conv(a, w, padding, dil)
         return native_conv(a, w, strides, padding, dil, g)
 
     if groups == 1 or not split_groups:
@@ -108,10 +112,10 @@ def space_to_depth_conv(
     Same function as ``lax.conv_general_dilated(..., feature_group_count=groups)`` (to float
     rounding). On CPU: :func:`conv_general` with every stride folded into channels (see the
     module docstring; a strided axis must have dilation 1, axes with stride 1 keep their
-    padding and dilation) and, with ``split_groups``, the groups looped. On every other
-    platform: :func:`native_conv`. The choice is made per platform when the program is
-    lowered (``lax.platform_dependent``); a conv whose CPU form is the native one is not
-    wrapped.
+    padding and dilation), with ``split_groups`` the groups looped, and the stride-1 dense
+    convs that leaves with canonical gradients. On every other platform: :func:`native_conv`.
+    The choice is made per platform when the program is lowered (``lax.platform_dependent``);
+    a grouped conv whose groups are not split is native everywhere.
     """
     rank = x.ndim - 2
     strides = tuple(strides)
@@ -126,7 +130,7 @@ def space_to_depth_conv(
         length, k, (lo, hi) = x.shape[1 + a], kernel.shape[a], padding[a]
         if length + lo + hi < k:
             raise ValueError(f"input too short along axis {a}: {length} < kernel {k}")
-    if not strided and (groups == 1 or not split_groups):
+    if not strided and groups > 1 and not split_groups:
         return native_conv(x, kernel, strides, padding, dil, groups)
     return jax.lax.platform_dependent(
         x,
