@@ -98,7 +98,7 @@ def test_missing_checkpoint_names_the_directory(tmp_path):
 
 
 _KILLED_MID_SAVE = """
-import os, signal, sys
+import os, signal, sys, time
 import jax.numpy as jnp
 from hificodec_jax.training.checkpoint import Checkpointer
 
@@ -106,6 +106,12 @@ ckpt = Checkpointer(sys.argv[1], save_every=1)
 ckpt.save(1, {"w": jnp.full((__N__,), 1.0)})
 ckpt.wait()
 ckpt.save(2, {"w": jnp.full((__N__,), 2.0)})  # asynchronous: returns while files are written
+# Killed once step 2's temporary directory exists (orbax may create it in its own thread).
+deadline = time.time() + 60
+while time.time() < deadline and not any(
+    p.startswith("2") and p != "2" for p in os.listdir(sys.argv[1])
+):
+    time.sleep(0.001)
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
