@@ -9,6 +9,14 @@ bfloat16, as one JSON line on stdout (progress on stderr).
   compiled concurrently to fit the time box, so these overlap), ``program_mib`` (XLA's buffer
   assignment: arguments + outputs + temporaries - aliased), ``peak_mib_after`` (the device's
   peak bytes in use so far in this process, where the backend reports it), FLOPs and MFU.
+* ``streaming``: ``DecodeStream`` (float32, exact lookahead, batch 1) pushing ``--stream-seconds``
+  of codes at 1, 5 and 10-frame chunks: push latency (median, p99), streaming compute over
+  whole-sequence decoding of the same codes, and 8 streams in one program at 1-frame chunks
+  (``benchmarks/streaming.py``'s measurement).
+* ``tokenize``: the corpus tokenizing job on ``--tokenize-minutes`` of synthetic speech-like
+  clips of 1-20 s (16-bit WAV and FLAC): audio hours per chip-hour end to end from the files,
+  the model alone on the job's batches, and a batch-1 loop (``benchmarks/tokenize_corpus.py``'s
+  measurement; the issue's goal on one chip is 1,000).
 * MFU is XLA's FLOP count of the program over its time, against the chip's dense bf16 peak
   (:data:`PEAK_BF16_TFLOPS`, matched on ``device_kind``; ``--peak-tflops`` overrides). float32
   programs are also measured against the bf16 peak.
@@ -41,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the measurements shared below
 import hificodec_jax
 from configs.tiny import SMALL_STEP_OVERRIDES
 from hificodec_jax import factory
@@ -244,6 +253,36 @@ def bench_inference(config, batches, seconds: float, precisions, repeats: int, p
     return results
 
 
+def bench_streaming(config, seconds: float, rounds: int) -> dict:
+    """``benchmarks/streaming.py``'s figures on this chip (float32, random weights)."""
+    import streaming as streaming_bench
+
+    codec = factory.build_codec(config, weight_norm=False)
+    variables = _random_variables(codec, 4 * codec.hop)
+    try:
+        out = streaming_bench.measure(codec, variables, config.audio.sample_rate, seconds, rounds)
+    except Exception as e:  # reported in the JSON
+        return {"error": _error(e)}
+    _note(f"streaming 1-frame push: {out['chunks']['1']['push_ms_median']} ms median")
+    return out
+
+
+def bench_tokenize(config, minutes: float, max_batch: int) -> dict:
+    """``benchmarks/tokenize_corpus.py``'s figures on this chip (random weights, 16 kHz)."""
+    import tokenize_corpus
+
+    if config.audio.sample_rate != tokenize_corpus.RATE:
+        return {"error": f"the tokenize case needs a {tokenize_corpus.RATE} Hz config"}
+    codec = factory.build_codec(config, weight_norm=False)
+    variables = jax.device_put(_random_variables(codec, 4 * codec.hop))
+    try:
+        out = tokenize_corpus.measure(codec, variables, minutes, max_batch)
+    except Exception as e:  # reported in the JSON
+        return {"error": _error(e)}
+    _note(f"tokenize: {out['end_to_end_h_per_h']} audio hours per chip-hour end to end")
+    return out
+
+
 def bench_train(config, batches, precisions, repeats: int, peak) -> list:
     """The train step for each precision and batch size (one state, carried through)."""
     mesh = sharding.make_mesh(jax.devices()[:1])
@@ -318,6 +357,8 @@ def main(argv=None) -> dict:
     p.add_argument("--infer-batches", default=None, help="default 1,64")
     p.add_argument("--train-batches", default=None, help="default 16,64")
     p.add_argument("--peak-tflops", type=float, default=None, help="chip's dense bf16 peak")
+    p.add_argument("--stream-seconds", type=float, default=None, help="default 10 (0.5 smoke)")
+    p.add_argument("--tokenize-minutes", type=float, default=None, help="default 10 (0.2 smoke)")
     args = p.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -351,6 +392,11 @@ def main(argv=None) -> dict:
     result["inference"] = bench_inference(config, infer_b, seconds, precisions, repeats, peak)
     _note(f"partial result: {json.dumps(result)}")  # kept on stderr should the run be cut off
     result["train"] = bench_train(config, train_b, precisions, repeats, peak)
+    _note(f"partial result: {json.dumps(result)}")
+    stream_s = args.stream_seconds or (0.5 if smoke else 10.0)
+    result["streaming"] = bench_streaming(config, stream_s, 1 if smoke else 3)
+    minutes = args.tokenize_minutes or (0.2 if smoke else 10.0)
+    result["tokenize"] = bench_tokenize(config, minutes, 8 if smoke else 64)
     result["total_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(result), flush=True)
     return result

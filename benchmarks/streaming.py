@@ -53,6 +53,21 @@ def _setup(model: str | None = None):
 
 
 def worker(seconds: float, rounds: int) -> dict:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from inference import matmul_probe
+
+    out = measure(*_setup(), seconds, rounds)
+    out["probe_gflops"] = round(matmul_probe(), 1)
+    return out
+
+
+def measure(
+    codec, variables, sample_rate: int, seconds: float, rounds: int, chunks=(1, 5, 10), batch=8
+) -> dict:
+    """Push latencies of ``DecodeStream`` at each chunk size over ``seconds`` of random codes,
+    and compute against whole-sequence ``decode`` (alternating, ``rounds`` times); then
+    ``batch`` streams in one program at 1-frame chunks against ``batch`` offline decodes.
+    Also used by ``benchmarks/device.py``."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -60,13 +75,10 @@ def worker(seconds: float, rounds: int) -> dict:
     from hificodec_jax.models import streaming
     from hificodec_jax.models.decode_stream import DecodeStream
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from inference import matmul_probe
-
-    codec, variables, sample_rate = _setup()
     frames = int(seconds * sample_rate) // codec.hop
     k = codec.quantizer.codebook_size
-    codes = np.random.default_rng(0).integers(0, k, (1, frames, 4), dtype=np.int32)
+    streams = codec.quantizer.num_levels * codec.quantizer.num_groups
+    codes = np.random.default_rng(0).integers(0, k, (1, frames, streams), dtype=np.int32)
     decode = jax.jit(lambda v, c: codec.apply(v, c, method="decode"))
     decode(variables, jnp.asarray(codes)).block_until_ready()
 
@@ -77,7 +89,7 @@ def worker(seconds: float, rounds: int) -> dict:
 
     out = {"frames": frames, "rounds": rounds, "chunks": {}}
     offline_all = []
-    for n in (1, 5, 10):
+    for n in chunks:
         stream = DecodeStream(codec, variables, chunk_frames=n)
         t = time.perf_counter()
         stream.push(codes[:, :n])  # compiles
@@ -108,8 +120,7 @@ def worker(seconds: float, rounds: int) -> dict:
                 streaming.algorithmic_latency(codec, sample_rate, n) * 1e3, 1
             ),
         }
-    # A server's case: 8 streams in one program at 1-frame chunks, against 8 offline decodes.
-    batch = 8
+    # A server's case: many streams in one program at 1-frame chunks, against offline decodes.
     many = np.concatenate([codes] * batch)
     stream = DecodeStream(codec, variables, batch=batch, chunk_frames=1)
     stream.push(many[:, :1])  # compiles
@@ -122,16 +133,15 @@ def worker(seconds: float, rounds: int) -> dict:
         stream.push(many[:, i : i + 1])
         times.append(time.perf_counter() - t)
     times = np.array(times)
-    out["batch8_chunk1"] = {
+    out[f"batch{batch}_chunk1"] = {
         "push_ms_median": round(float(np.median(times)) * 1e3, 2),
         "push_ms_p99": round(float(np.percentile(times, 99)) * 1e3, 2),
-        "compute_ratio_vs_8_offline": round(float(times.sum()) / (batch * offline_s), 3),
+        f"compute_ratio_vs_{batch}_offline": round(float(times.sum()) / (batch * offline_s), 3),
     }
     out["offline_decode_s_median"] = round(statistics.median(offline_all), 4)
     out["offline_rtf"] = round(
         out["offline_decode_s_median"] / (frames * codec.hop / sample_rate), 4
     )
-    out["probe_gflops"] = round(matmul_probe(), 1)
     return out
 
 

@@ -55,3 +55,26 @@ def test_smoke_run_reports_every_case(device_benchmark, capsys):
         assert "error" not in e, e
         assert e["audio_s_per_s"] == pytest.approx(2 * e["segment_s"] / e["step_s"], rel=0.02)
         assert e["gflop"] > 0 and e["program_mib"] > 0 and math.isfinite(e["mel_loss"])
+    # Streaming: every chunk size measured; one more frame per chunk is one hop more latency
+    # (tiny config: hop 40 at 16 kHz, 2.5 ms).
+    stream = result["streaming"]
+    assert "error" not in stream, stream
+    chunks = stream["chunks"]
+    assert set(chunks) == {"1", "5", "10"}
+    for c in chunks.values():
+        assert 0 < c["push_ms_median"] <= c["push_ms_p99"] <= c["push_ms_max"]
+        assert c["compute_ratio_range"][0] <= c["compute_ratio"] <= c["compute_ratio_range"][1]
+    latency = {n: chunks[n]["algorithmic_latency_ms"] for n in chunks}
+    assert latency["5"] - latency["1"] == pytest.approx(4 * 2.5)
+    assert latency["10"] - latency["5"] == pytest.approx(5 * 2.5)
+    assert stream["batch8_chunk1"]["compute_ratio_vs_8_offline"] > 0
+    # Tokenize: the three rates and their ratios agree with each other.
+    tok = result["tokenize"]
+    assert "error" not in tok, tok
+    assert tok["clips"] >= 1 and tok["audio_s"] > 0.2 * 60 - 0.1  # at least the minutes asked
+    for k in ("end_to_end_h_per_h", "model_only_h_per_h", "batch1_h_per_h"):
+        assert tok[k] > 0, k
+    ratio = tok["end_to_end_h_per_h"] / tok["model_only_h_per_h"]
+    assert tok["end_to_end_vs_model"] == pytest.approx(ratio, rel=0.02)
+    ratio = tok["end_to_end_h_per_h"] / tok["batch1_h_per_h"]
+    assert tok["end_to_end_vs_batch1"] == pytest.approx(ratio, rel=0.02)
