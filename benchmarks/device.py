@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import math
 import os
 import statistics
 import sys
@@ -50,6 +49,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the measurements shared below
+from inference import random_variables
+
 import hificodec_jax
 from configs.tiny import SMALL_STEP_OVERRIDES
 from hificodec_jax import factory
@@ -175,28 +176,6 @@ def _signal(batch: int, samples: int, sample_rate: int, seed: int = 0) -> np.nda
     return out
 
 
-def _random_variables(codec, samples: int, seed: int = 0):
-    """Variables with ``codec.init``'s structure, drawn at torch-like scales (no init compile)."""
-    shapes = jax.eval_shape(
-        codec.init, jax.random.key(0), jax.ShapeDtypeStruct((1, samples), jnp.float32)
-    )
-    rng = np.random.default_rng(seed)
-
-    def draw(path, s):
-        name = getattr(path[-1], "key", "")
-        if not jnp.issubdtype(s.dtype, jnp.floating):
-            return np.zeros(s.shape, s.dtype)
-        if name in ("kernel", "weight_v"):
-            scale = 1 / math.sqrt(max(1, math.prod(s.shape[:-1])))
-        elif name in ("scale", "weight_g"):
-            return np.ones(s.shape, s.dtype)
-        else:
-            scale = 0.05
-        return (rng.uniform(-1, 1, s.shape) * scale).astype(s.dtype)
-
-    return jax.device_put(jax.tree_util.tree_map_with_path(draw, shapes))
-
-
 def _with_precision(config, precision: str):
     if "precision" not in config:
         raise ValueError("this config has no precision option (config.precision)")
@@ -211,7 +190,7 @@ def bench_inference(config, batches, seconds: float, precisions, repeats: int, p
     hop = factory.hop_length(config)
     samples = max(hop, int(seconds * sr) // hop * hop)
     codec32 = factory.build_codec(config, weight_norm=False)
-    variables = _random_variables(codec32, 4 * hop)
+    variables = random_variables(codec32, 4 * hop)
     programs, lowered = {}, {}
     for precision in precisions:
         codec = factory.build_codec(_with_precision(config, precision), weight_norm=False)
@@ -258,7 +237,7 @@ def bench_streaming(config, seconds: float, rounds: int) -> dict:
     import streaming as streaming_bench
 
     codec = factory.build_codec(config, weight_norm=False)
-    variables = _random_variables(codec, 4 * codec.hop)
+    variables = random_variables(codec, 4 * codec.hop)
     try:
         out = streaming_bench.measure(codec, variables, config.audio.sample_rate, seconds, rounds)
     except Exception as e:  # reported in the JSON
@@ -274,7 +253,7 @@ def bench_tokenize(config, minutes: float, max_batch: int) -> dict:
     if config.audio.sample_rate != tokenize_corpus.RATE:
         return {"error": f"the tokenize case needs a {tokenize_corpus.RATE} Hz config"}
     codec = factory.build_codec(config, weight_norm=False)
-    variables = jax.device_put(_random_variables(codec, 4 * codec.hop))
+    variables = jax.device_put(random_variables(codec, 4 * codec.hop))
     try:
         out = tokenize_corpus.measure(codec, variables, minutes, max_batch)
     except Exception as e:  # reported in the JSON

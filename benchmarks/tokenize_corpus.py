@@ -29,6 +29,7 @@ import time
 import jax
 import numpy as np
 import soundfile as sf
+from inference import random_variables
 
 import hificodec_jax
 from hificodec_jax.data.demo_audio import synthetic_speech
@@ -37,27 +38,6 @@ from hificodec_jax.tokens import encoding, inputs, job
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATE = 16000
-
-
-def random_variables(codec, seed: int = 0):
-    """Variables of ``codec.init``'s structure drawn with numpy (``codec.init`` compiles for
-    minutes on a small CPU; random weights run at the same speed)."""
-    shapes = jax.eval_shape(
-        codec.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 3200), np.float32)
-    )
-    rng = np.random.default_rng(seed)
-
-    def draw(path, s):
-        name = path[-1].key
-        if name in ("kernel", "weight_v"):
-            return (rng.uniform(-1, 1, s.shape) / np.sqrt(np.prod(s.shape[:-1]))).astype(s.dtype)
-        if name in ("scale", "weight_g"):
-            return np.ones(s.shape, s.dtype)
-        if name == "codebooks":
-            return rng.uniform(-0.5, 0.5, s.shape).astype(s.dtype)
-        return np.zeros(s.shape, s.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def main():
@@ -69,7 +49,7 @@ def main():
 
     cfg = hificodec_jax.load_config(os.path.join(REPO, "configs", "grvq4.py"))
     codec = hificodec_jax.build_codec(cfg, weight_norm=False)
-    variables = jax.device_put(random_variables(codec))
+    variables = jax.device_put(random_variables(codec, 4 * codec.hop))
     result = measure(codec, variables, args.minutes, args.max_batch, args.workers)
     print(json.dumps({**result, "cpus": os.cpu_count(), "weights": "random"}))
 
