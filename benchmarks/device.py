@@ -190,7 +190,7 @@ def bench_inference(config, batches, seconds: float, precisions, repeats: int, p
     hop = factory.hop_length(config)
     samples = max(hop, int(seconds * sr) // hop * hop)
     codec32 = factory.build_codec(config, weight_norm=False)
-    variables = random_variables(codec32, 4 * hop)
+    variables = jax.device_put(random_variables(codec32, 4 * hop))
     programs, lowered = {}, {}
     for precision in precisions:
         codec = factory.build_codec(_with_precision(config, precision), weight_norm=False)
@@ -237,7 +237,7 @@ def bench_streaming(config, seconds: float, rounds: int) -> dict:
     import streaming as streaming_bench
 
     codec = factory.build_codec(config, weight_norm=False)
-    variables = random_variables(codec, 4 * codec.hop)
+    variables = jax.device_put(random_variables(codec, 4 * codec.hop))
     try:
         out = streaming_bench.measure(codec, variables, config.audio.sample_rate, seconds, rounds)
     except Exception as e:  # reported in the JSON
