@@ -9,12 +9,12 @@ convolutions canonical inside a ``shard_map``, where jax's own are not.
 from __future__ import annotations
 
 import functools
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import conv_forms
 
 from hificodec_jax.models.grouped_conv import dense_conv, looped_grouped_conv
 
@@ -92,7 +92,7 @@ def test_compiled_gradient_has_three_canonical_convolutions(groups):
         jax.grad(lambda a, b: jnp.sum(looped_grouped_conv(a, b, ((4, 4),), groups) ** 2), (0, 1))
     )
     hlo = grad.lower(x, w).compile().as_text()
-    labels = re.findall(r"convolution\(.*?dim_labels=([^,\s]+)", hlo)
+    labels = conv_forms(hlo)
     assert labels == ["b0f_0io->b0f"] * 3, labels
 
 
@@ -151,7 +151,7 @@ def test_dense_conv_gradients_stay_canonical_inside_shard_map():
             return jnp.sum(y**2)
 
         hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, w).compile().as_text()
-        return sorted(set(re.findall(r"convolution\(.*?dim_labels=([^,\s]+)", hlo)))
+        return sorted(set(conv_forms(hlo)))
 
     lax_conv = functools.partial(
         jax.lax.conv_general_dilated, window_strides=(1, 1), padding=pad,

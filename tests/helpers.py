@@ -131,3 +131,9 @@ def ynn_convolutions(hlo_text: str) -> int:
         if name in ynn:
             count += body.count(" convolution(")
     return count
+
+
+def conv_forms(hlo_text: str) -> list[str]:
+    """The ``dim_labels`` of every convolution in a compiled module's HLO text, in order
+    (``b0f_0io->b0f`` / ``b01f_01io->b01f``: the canonical forms XLA CPU runs as library calls)."""
+    return re.findall(r"convolution\(.*?dim_labels=([^,\s]+)", hlo_text)

@@ -4,13 +4,12 @@ included), non-finite input skips the update without touching the state."""
 from __future__ import annotations
 
 import functools
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import tiny_step_config
+from helpers import conv_forms, tiny_step_config
 
 from hificodec_jax import config_defaults
 from hificodec_jax.data.demo_audio import synthetic_speech
@@ -145,7 +144,7 @@ def test_eight_device_step_convolves_in_canonical_form():
     time; ``grouped_conv.dense_conv``)."""
     mesh, _, abstract, step = _built(8)
     hlo = step.lower(abstract, batch_spec(tiny_config(), mesh)).compile().as_text()
-    labels = set(re.findall(r"convolution\(.*?dim_labels=([^,\s]+)", hlo))
+    labels = set(conv_forms(hlo))
     assert labels and labels <= {"b0f_0io->b0f", "b01f_01io->b01f"}, labels
 
 
