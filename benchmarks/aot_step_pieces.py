@@ -15,7 +15,7 @@ sub-discriminator forward, so the pieces approximate one step to within a forwar
 they leave out the losses, the optimizer and the gradient all-reduce. Not a measurement.
 
     python benchmarks/aot_step_pieces.py [--target v5e-1] [--batch-per-chip 16] \\
-        [--pieces gen,mpd,msd,stft] [--units 0] [--dump-dir DIR]
+        [--pieces gen,mpd,msd,stft] [--units 0] [--dump-dir DIR] [--xla-option KEY=VALUE]
 
 Prints one JSON line: ``{"pieces": {name: {"ms", "gflop", "compile_s"}}, "total_ms", ...}``.
 """
@@ -42,6 +42,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--pieces", default="gen,mpd,msd,stft")
     parser.add_argument("--units", help="only these sub-discriminator indices, e.g. 0,2")
     parser.add_argument("--dump-dir", help="write each piece's optimized HLO here")
+    parser.add_argument(
+        "--xla-option", action="append", default=[], metavar="KEY=VALUE",
+        help="a compiler option for every piece (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     targets.prepare_environment()
@@ -63,13 +67,14 @@ def main(argv=None) -> dict:
     b, t = args.batch_per_chip, config.data.segment_size
     units = None if args.units is None else {int(u) for u in args.units.split(",")}
     results = {}
+    options = dict(o.split("=", 1) for o in args.xla_option)
 
     def estimate(name, fn, *args_):
         specs = jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), args_
         )
         start = time.perf_counter()
-        compiled = jax.jit(fn).lower(*specs).compile()
+        compiled = jax.jit(fn).lower(*specs).compile(options or None)
         compile_s = time.perf_counter() - start
         hlo = compiled.as_text()
         cycles = estimated_cycles(hlo)
@@ -128,6 +133,7 @@ def main(argv=None) -> dict:
         "batch_per_chip": b,
         "segment_s": t / config.audio.sample_rate,
         "precision": args.precision,
+        "xla_options": options,
         "pieces": results,
         "total_ms": round(sum(r["ms"] for r in results.values()), 3),
         "note": "TPU compiler cycle-model estimates, not measurements",

@@ -11,6 +11,7 @@ Subcommands (one module each in this package; ``hificodec-jax COMMAND --help`` f
     export    MODEL --out DIR [--platforms cpu,cuda,tpu]
     prepare   --kind libritts|vctk|aishell|generic --root COPY --out DIR [--sample_rate SR]
     tokenize  --model MODEL --input SOURCE --out DIR [--levels L] | --verify DIR [--sample K]
+              | --export DIR --format npy|hf --out OUT
     compile   --target v5e-8|h100|... --config CONFIG[:variant] [--config.KEY=VALUE ...]
               --job train|encode|decode|roundtrip [--batch-size N | --max-batch]
 

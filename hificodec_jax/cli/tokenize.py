@@ -2,7 +2,8 @@
 
 ``hificodec-jax tokenize --model NAME_OR_DIR --input SOURCE --out DIR [--levels L]`` writes the
 store; rerunning the same command resumes. ``hificodec-jax tokenize --verify DIR [--sample K]``
-checks a finished store. Multi-process: ``--coordinator_address/--num_processes/--process_id``
+checks a finished store; ``hificodec-jax tokenize --export DIR --format npy|hf --out OUT`` writes
+it as one ``.npy`` per record or as a Hugging Face dataset. Multi-process: ``--coordinator_address/--num_processes/--process_id``
 (or ``--distributed`` to auto-detect Cloud TPU / SLURM), as the trainer.
 """
 
@@ -34,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--verify", metavar="DIR", help="check the store DIR instead of tokenizing")
     a("--sample", type=int, default=8, help="--verify: records re-encoded alone")
     a("--seed", type=int, default=0, help="--verify: which records are sampled")
+    a("--export", metavar="DIR", help="export the store DIR (with --format and --out)")
+    a("--format", choices=("npy", "hf"), default="npy",
+      help="--export: one .npy per record, or a Hugging Face datasets dataset")  # fmt: skip
     a("--distributed", action="store_true",
       help="jax.distributed.initialize() with auto-detection (Cloud TPU, SLURM)")  # fmt: skip
     a("--coordinator_address", default=None, help="host:port of process 0")
@@ -47,8 +51,18 @@ def _fail(message: str, status: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hificodec_jax.tokens import job, verification
+    from hificodec_jax.tokens import export, job, verification
 
+    if args.export:
+        if not args.out:
+            return _fail("--export needs --out", 2)
+        write = export.export_npy if args.format == "npy" else export.export_hf
+        try:
+            summary = write(args.export, args.out, progress=not args.no_progress)
+        except (FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
+            return _fail(str(e), 2)
+        print(json.dumps(summary))
+        return 0
     if args.verify:
         if not os.path.isdir(args.verify):
             return _fail(f"--verify {args.verify}: no such directory", 2)
@@ -64,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         return 0 if report["ok"] else 1
     missing = [f"--{n}" for n in ("model", "input", "out") if not getattr(args, n)]
     if missing:
-        return _fail(f"{', '.join(missing)} required (or --verify DIR)", 2)
+        return _fail(f"{', '.join(missing)} required (or --verify DIR, --export DIR)", 2)
     if args.distributed or args.coordinator_address:
         import jax
 

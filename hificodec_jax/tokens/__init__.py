@@ -1,7 +1,7 @@
 """Tokenizing a speech corpus into codec codes for a codec language model.
 
 :func:`tokenize` (the job: exact, resumable, sharded over processes), :class:`TokenSource` (the
-store read back as a grain random-access data source) and :func:`verify`. User guide:
+store read back as a grain random-access data source) and :func:`verify`; :func:`export_npy` and :func:`export_hf` write the store in other formats. User guide:
 ``docs/tokenize.md``. Needs the ``[train]`` extra (``array_record``, ``grain``).
 """
 
@@ -10,6 +10,8 @@ _LAZY = {
     "TokenizeError": "hificodec_jax.tokens.job",
     "TokenSource": "hificodec_jax.tokens.store",
     "verify": "hificodec_jax.tokens.verification",
+    "export_npy": "hificodec_jax.tokens.export",
+    "export_hf": "hificodec_jax.tokens.export",
     "read_records": "hificodec_jax.tokens.inputs",
 }
 
