@@ -204,14 +204,6 @@ def flax_to_torch(variables: dict, codec: Codec) -> dict[str, OrderedDict]:
 # A released .pth file -> a model directory
 
 
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def convert_checkpoint(
     pth_path: str | os.PathLike,
     config: ml_collections.ConfigDict | str,
@@ -246,5 +238,7 @@ def convert_checkpoint(
     variables = torch_to_flax(state, codec, allow_missing_encoder=True)
     if "encoder" not in state:
         variables["params"] = {k: v for k, v in variables["params"].items() if k != "encoder"}
-    source = f"{source or os.path.basename(pth_path)} sha256:{_file_sha256(pth_path)[:16]}"
+    with open(pth_path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    source = f"{source or os.path.basename(pth_path)} sha256:{digest[:16]}"
     return save_model(out_dir, config, variables, source=source, overwrite=overwrite)

@@ -90,11 +90,8 @@ def unpack_record(raw: bytes) -> dict:
 
 
 def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _fsync(path: str) -> None:
