@@ -20,7 +20,6 @@ efficiency) over the chip's clock. GPU compilers give no estimate; the report's 
 from __future__ import annotations
 
 import math
-import re
 import time
 import warnings
 
@@ -35,11 +34,10 @@ from hificodec_jax.aot.report import (
     estimated_cycles,
     format_table,
     program_form,
+    unpriced_calls,
 )
 
 JOBS = ("train", "encode", "decode", "roundtrip")
-# Custom calls the TPU cost model cannot price: each subtracts 1 s from ``optimal_seconds``.
-_UNPRICED = re.compile(r'custom_call_target="(?:ConcatBitcast|X64\w*)"')
 
 
 def _shard_bytes(tree) -> int:
@@ -246,8 +244,9 @@ def compile_job(
         report.flops = _gpu_flops(lowered)
         report.flops_source = "HLO cost analysis of one chip's program before optimisation"
     if tgt.platform == "tpu" and cost and "optimal_seconds" in cost:
-        report.unpriced_calls = len(_UNPRICED.findall(hlo))
-        report.priced_s = float(cost["optimal_seconds"]) + report.unpriced_calls
+        report.unpriced_calls = unpriced_calls(hlo)
+        priced = float(cost["optimal_seconds"]) + report.unpriced_calls
+        report.priced_s = priced if priced > 0 else None  # not recoverable: no figure
         report.cycles = estimated_cycles(hlo)
         report.cycles_s = report.cycles / tgt.clock_hz
     if tgt.platform == "cuda" and report.flops:
