@@ -3,8 +3,9 @@
 ``hificodec-jax tokenize --model NAME_OR_DIR --input SOURCE --out DIR [--levels L]`` writes the
 store; rerunning the same command resumes. ``hificodec-jax tokenize --verify DIR [--sample K]``
 checks a finished store; ``hificodec-jax tokenize --export DIR --format npy|hf --out OUT`` writes
-it as one ``.npy`` per record or as a Hugging Face dataset. Multi-process: ``--coordinator_address/--num_processes/--process_id``
-(or ``--distributed`` to auto-detect Cloud TPU / SLURM), as the trainer.
+it as one ``.npy`` per record or as a Hugging Face dataset. Multi-process:
+``--coordinator_address/--num_processes/--process_id`` (or ``--distributed`` to auto-detect
+Cloud TPU / SLURM), as the trainer.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Tokenizing a speech corpus into codec codes for a codec language model.
 
 :func:`tokenize` (the job: exact, resumable, sharded over processes), :class:`TokenSource` (the
-store read back as a grain random-access data source) and :func:`verify`; :func:`export_npy` and :func:`export_hf` write the store in other formats. User guide:
-``docs/tokenize.md``. Needs the ``[train]`` extra (``array_record``, ``grain``).
+store read back as a grain random-access data source), :func:`verify`, and :func:`export_npy`
+/ :func:`export_hf` (the store as one ``.npy`` per record or a Hugging Face dataset). User
+guide: ``docs/tokenize.md``. Needs the ``[train]`` extra (``array_record``, ``grain``).
 """
 
 _LAZY = {
