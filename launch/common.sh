@@ -39,6 +39,8 @@ preflight() {
   fi
   local args=(--target "$target" --config "$config" --job train --quiet "$@")
   [ -n "$batch" ] && args+=(--batch-size "$batch")
+  # A full-size TPU step takes an hour of CPU time to compile: say so before the wait.
+  echo "# pre-flight: compiling the train step for $target on this machine (minutes; a full-size TPU step over an hour on a few cores; --no-preflight skips)"
   log=$(mktemp)
   out=$(cd "$root" && "$py" -m hificodec_jax.cli compile "${args[@]}" 2>"$log") || rc=$?
   case $rc in
