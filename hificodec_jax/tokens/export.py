@@ -57,11 +57,15 @@ def export_npy(directory: str | os.PathLike, out: str | os.PathLike, *, progress
         raise ValueError(f"{out} holds an export of another token store ({marker} differs)")
     store.write_json(marker, source.metadata)
     for parent, _, files in os.walk(out):  # a killed run's temporaries
-        for name in files:
-            if name.startswith(".") and store.TMP_MARK in name:
-                os.remove(os.path.join(parent, name))
+        for name in filter(store.is_tmp, files):
+            os.remove(os.path.join(parent, name))
+    indices = range(len(source))
+    if progress:
+        from tqdm.auto import tqdm
+
+        indices = tqdm(indices, desc="export .npy", unit="record")
     written = skipped = 0
-    for i in _progress(range(len(source)), progress, "export .npy"):
+    for i in indices:
         path = paths[i]
         if _has_shape(path, (int(source.lengths[i]), streams)):
             skipped += 1
@@ -139,11 +143,3 @@ def _build_hf(datasets, rows, features, metadata, parent, out) -> None:
 
 def _text(value) -> str | None:
     return None if value is None else str(value)
-
-
-def _progress(items, enabled: bool, what: str):
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=what, unit="record")

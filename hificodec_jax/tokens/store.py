@@ -61,6 +61,11 @@ def is_tmp_of(filename: str, name: str) -> bool:
     return filename.startswith(f".{name}{TMP_MARK}")
 
 
+def is_tmp(filename: str) -> bool:
+    """Whether ``filename`` is a temporary of :func:`tmp_name` (of any file)."""
+    return filename.startswith(".") and TMP_MARK in filename
+
+
 # --------------------------------------------------------------------------------------------
 # Records
 
