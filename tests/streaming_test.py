@@ -13,6 +13,8 @@ from helpers import REPO, config
 import hificodec_jax
 from hificodec_jax.models import decode_stream, streaming
 from hificodec_jax.models.decode_stream import DecodeStream
+from hificodec_jax.models.layers import polyphase_groups, polyphase_kernel
+from hificodec_jax.models.streaming_graph import polyphase_pieces
 
 TOL = 1e-5
 
@@ -58,6 +60,23 @@ def stream_all(stream, codes, seed, max_push=7, ends=None):
         i += m
     outs.append(stream.flush())
     return np.concatenate(outs, axis=1)
+
+
+def test_polyphase_pieces_drop_exactly_the_zero_taps():
+    # y[S t + r] = sum_j x[t - j] W[S j + r + p], tap m reading j = j_max - m. grvq4's ups_0
+    # (K 16, S 8, p 4, j in -1..1): phases 0-3 read j 1, 0 (taps 0-1), phases 4-7 j 0, -1.
+    assert polyphase_groups(16, 8) == ((0, 2, 0, 4), (1, 3, 4, 8))
+    # K 11, S 5, p 3: phases 0-1 read j 1, 0; phase 2 j 1, 0, -1; phases 3-4 j 0, -1.
+    assert polyphase_groups(11, 5) == ((0, 2, 0, 2), (0, 3, 2, 3), (1, 3, 3, 5))
+    for k, s in ((16, 8), (11, 5), (8, 4), (4, 2), (7, 3)):
+        kernel = jax.random.normal(jax.random.key(k), (k, 3, 2)) + 10.0  # no zero weights
+        poly = np.asarray(polyphase_kernel(kernel, s))
+        kept = np.zeros(poly.shape, bool)
+        pieces = polyphase_pieces(kernel, k, s)
+        for (lo, hi, r_lo, r_hi), piece in zip(polyphase_groups(k, s), pieces, strict=True):
+            np.testing.assert_array_equal(piece, poly[lo:hi, :, r_lo * 2 : r_hi * 2])
+            kept[lo:hi, :, r_lo * 2 : r_hi * 2] = True
+        assert kept.sum() == k * 3 * 2 and np.all(poly[~kept] == 0), (k, s)
 
 
 @pytest.mark.parametrize("weight_norm", [True, False])

@@ -74,13 +74,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from hificodec_jax.models.hifigan import HifiDecoder
-from hificodec_jax.models.layers import fold_weight_norm, polyphase_kernel
+from hificodec_jax.models.layers import fold_weight_norm
 from hificodec_jax.models.streaming_graph import (
     LayerDelay,
     Signal,
     Walk,
     decode_chunk,
     decode_codes,
+    polyphase_pieces,
 )
 
 __all__ = [
@@ -236,15 +237,16 @@ def algorithmic_latency(
 
 def prepare(codec, variables) -> dict:
     """``variables`` with the decoder's per-push constants computed once: weight norm folded and
-    each transposed conv's polyphase kernel gathered (on grvq4, ``ups_0``'s 12.6 MB gather took a
-    fifth of a 1-frame push). :func:`step` takes these or the codec's own variables; they are for
+    each transposed conv's polyphase kernel gathered and split by phase group, without its zero
+    taps (on grvq4, ``ups_0``'s gather took a fifth of a 1-frame push). :func:`step` takes these or the codec's own variables; they are for
     streaming only (``codec.apply`` cannot decode with them)."""
     check_streamable(codec)
     decoder = dict(fold_weight_norm(variables["params"]["decoder"]))
-    for i, u in enumerate(codec.decoder.upsample_rates):
+    rates = codec.decoder.upsample_rates
+    for i, (u, k) in enumerate(zip(rates, codec.decoder.upsample_kernel_sizes, strict=True)):
         p = decoder[f"ups_{i}"]
         if "poly" not in p:
-            decoder[f"ups_{i}"] = {"poly": polyphase_kernel(p["kernel"], u), "bias": p["bias"]}
+            decoder[f"ups_{i}"] = {"poly": polyphase_pieces(p["kernel"], k, u), "bias": p["bias"]}
     return {**variables, "params": {**variables["params"], "decoder": decoder}}
 
 

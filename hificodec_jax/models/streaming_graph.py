@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from hificodec_jax.models.hifigan import HifiDecoder
 from hificodec_jax.models.layers import (
     LRELU_SLOPE,
+    polyphase_groups,
     polyphase_kernel,
     polyphase_taps,
     weight_norm_kernel,
@@ -101,7 +102,11 @@ class Walk:
         return r
 
     def conv(self, name, sig, kernel, bias, left, right, dilation=1) -> Signal:
-        """Stride-1 conv whose taps read offsets ``-left .. right`` (step ``dilation``)."""
+        """Stride-1 conv whose taps read offsets ``-left .. right`` (step ``dilation``).
+
+        ``kernel`` may also be a tuple of ``(kernel, first tap)`` pieces that read taps
+        ``first .. first + len - 1`` of that window, their outputs concatenated on channels
+        (a transposed conv's phase groups without their zero taps)."""
         r = self.take(name, sig, right)
         x = sig.x
         keep = left + r
@@ -111,14 +116,20 @@ class Walk:
         window = jnp.concatenate(parts, axis=1) if len(parts) > 1 else x
         if keep:
             self.buffers[name] = jnp.concatenate(parts[:2], axis=1)[:, -keep:]
-        y = jax.lax.conv_general_dilated(
-            window,
-            kernel.astype(x.dtype),
-            window_strides=(1,),
-            padding=((0, 0),),
-            rhs_dilation=(dilation,),
-            dimension_numbers=("NWC", "WIO", "NWC"),
-        )
+        pieces = kernel if isinstance(kernel, tuple) else ((kernel, 0),)
+        n = x.shape[1]
+        ys = [
+            jax.lax.conv_general_dilated(
+                window[:, first : first + n + dilation * (w.shape[0] - 1)],
+                w.astype(x.dtype),
+                window_strides=(1,),
+                padding=((0, 0),),
+                rhs_dilation=(dilation,),
+                dimension_numbers=("NWC", "WIO", "NWC"),
+            )
+            for w, first in pieces
+        ]
+        y = jnp.concatenate(ys, axis=2) if len(ys) > 1 else ys[0]
         if bias is not None:
             y = y + bias.astype(y.dtype)
         return Signal(y, sig.rate, sig.delay + r * self.unit(sig))
@@ -160,8 +171,9 @@ def decode_chunk(walk: Walk, dec: HifiDecoder, params: dict, z_q: jax.Array) -> 
     for i, (u, k) in enumerate(zip(dec.upsample_rates, dec.upsample_kernel_sizes, strict=True)):
         p = params[f"ups_{i}"]
         _, j_min, j_max = polyphase_taps(k, u)
-        poly = p["poly"] if "poly" in p else polyphase_kernel(kernel_of(p), u)
-        t = walk.conv(f"ups_{i}", walk.activated(sig), poly, None, j_max, -j_min)
+        kernels = p["poly"] if "poly" in p else polyphase_pieces(kernel_of(p), k, u)
+        pieces = tuple(zip(kernels, (g[0] for g in polyphase_groups(k, u)), strict=True))
+        t = walk.conv(f"ups_{i}", walk.activated(sig), pieces, None, j_max, -j_min)
         b, f, c = t.x.shape
         x = t.x.reshape(b, f * u, c // u) + p["bias"].astype(t.x.dtype)
         sig = Signal(x, sig.rate * u, t.delay)
@@ -190,6 +202,18 @@ def decode_chunk(walk: Walk, dec: HifiDecoder, params: dict, z_q: jax.Array) -> 
     p = params["conv_post"]
     half = (kernel_of(p).shape[0] - 1) // 2
     return walk.conv("conv_post", walk.activated(sig), kernel_of(p), p["bias"], half, half)
+
+
+def polyphase_pieces(kernel: jax.Array, kernel_size: int, stride: int) -> tuple:
+    """A transposed conv's polyphase kernel without its zero taps: one kernel per phase group
+    (:func:`~hificodec_jax.models.layers.polyphase_groups`). A push reads every weight of the
+    decoder, so ``ups_0`` without its zero taps (grvq4: 8.4 of 12.6 MB) moves a third less."""
+    poly = polyphase_kernel(kernel, stride)
+    c_out = poly.shape[2] // stride
+    return tuple(
+        poly[lo:hi, :, r_lo * c_out : r_hi * c_out]
+        for lo, hi, r_lo, r_hi in polyphase_groups(kernel_size, stride)
+    )
 
 
 def decode_codes(module, codes):
