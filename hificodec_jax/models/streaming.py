@@ -3,12 +3,12 @@
 The HiFi-GAN decoder (:class:`~hificodec_jax.models.hifigan.HifiDecoder`) is purely
 convolutional, so its output at a sample depends on a finite window of codes. The streamer keeps
 per-layer state instead of re-decoding a window: every convolution keeps the last ``a + r``
-samples of its (activated, masked) input, where ``a`` is its left reach and ``r`` the right
-context it waits for; each transposed convolution is a stride-1 polyphase convolution
-(:func:`~hificodec_jax.models.layers.polyphase_kernel`) treated the same way; each residual
-branch and each of the parallel ResBlocks of a stage is delayed by a short delay line so that
-the sums line up. A push of ``n`` frames then computes exactly ``n`` frames' worth of every
-layer.
+samples of its input, where ``a`` is its left reach and ``r`` the right context it waits for;
+each transposed convolution is a stride-1 polyphase convolution
+(:func:`~hificodec_jax.models.layers.polyphase_kernel`, without its zero taps) treated the same
+way; each residual is read, delayed, from its ResBlock's first convolution's window, and the
+parallel ResBlocks of a stage are delayed by short delay lines so that the sums line up. A push
+of ``n`` frames then computes exactly ``n`` frames' worth of every layer.
 
 How the lookahead adds up. A symmetric ("same") convolution with right reach ``b`` (``b =
 d * (K - 1) / 2``) can only produce the output at time ``t`` once its input at ``t + b`` exists,

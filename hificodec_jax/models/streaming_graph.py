@@ -68,23 +68,16 @@ class Walk:
     def unit(self, sig: Signal) -> int:
         return self.hop // sig.rate
 
-    def mask(self, sig: Signal) -> jax.Array:
-        """``[B, n * rate]`` True on samples inside the stream (time >= 0 and before its end)."""
-        n = sig.x.shape[1]
+    def mask(self, sig: Signal, start: int = 0, length: int | None = None) -> jax.Array:
+        """``[B, length]`` True on samples inside the stream (time >= 0 and before its end), for
+        the chunk's samples ``start .. start + length - 1`` (negative: the samples before it)."""
+        n = sig.x.shape[1] if length is None else length
         d = sig.delay // self.unit(sig)
-        i = jnp.arange(n, dtype=jnp.int32)[None, :]
+        i = jnp.arange(start, start + n, dtype=jnp.int32)[None, :]
         started = jnp.minimum(self.frames, CAP) * sig.rate - d + i >= 0
         since = jnp.clip(self.frames - self.end, -CAP, CAP)[:, None]
         before_end = ~self.ended[:, None] | (since * sig.rate - d + i < 0)
         return started & before_end
-
-    def masked(self, sig: Signal) -> Signal:
-        """Zero outside the stream (conv_pre's input)."""
-        return Signal(sig.x * self.mask(sig)[..., None].astype(sig.x.dtype), sig.rate, sig.delay)
-
-    def activated(self, sig: Signal) -> Signal:
-        """lrelu, then zero outside the stream: what every other decoder conv reads."""
-        return self.masked(Signal(nn.leaky_relu(sig.x, LRELU_SLOPE), sig.rate, sig.delay))
 
     def buffer(self, name: str, length: int, like: jax.Array) -> jax.Array:
         shape = (like.shape[0], length, like.shape[2])
@@ -101,23 +94,34 @@ class Walk:
         self.delays.append(LayerDelay(name, sig.rate, r, r / sig.rate, sig.delay))
         return r
 
-    def conv(self, name, sig, kernel, bias, left, right, dilation=1) -> Signal:
-        """Stride-1 conv whose taps read offsets ``-left .. right`` (step ``dilation``).
+    def conv(self, name, sig, kernel, bias, left, right, dilation=1, lrelu=True) -> Signal:
+        """Stride-1 conv of ``sig`` (lrelu'd unless ``lrelu`` is false, then zeroed outside the
+        stream, as every decoder conv reads it) whose taps read offsets ``-left .. right`` (step
+        ``dilation``). See :meth:`conv_and_input`."""
+        return self.conv_and_input(name, sig, kernel, bias, left, right, dilation, lrelu)[0]
 
+    def conv_and_input(self, name, sig, kernel, bias, left, right, dilation=1, lrelu=True):
+        """(:meth:`conv`'s output, ``delayed``): ``delayed(k)`` is ``sig`` delayed by ``k <=
+        left + right`` of its samples, read from the conv's window (a ResBlock's residual
+        needs no delay line of its own).
+
+        The buffer keeps the raw input, activated again each push with the mask of its time.
         ``kernel`` may also be a tuple of ``(kernel, first tap)`` pieces that read taps
-        ``first .. first + len - 1`` of that window, their outputs concatenated on channels
-        (a transposed conv's phase groups without their zero taps)."""
+        ``first .. first + len - 1`` of the window, their outputs concatenated on channels (a
+        transposed conv's phase groups without their zero taps)."""
         r = self.take(name, sig, right)
         x = sig.x
-        keep = left + r
-        parts = [self.buffer(name, keep, x), x] if keep else [x]
-        if right > r:  # inputs not waited for read as zero (decode's end-of-sequence padding)
-            parts.append(jnp.zeros((x.shape[0], right - r, x.shape[2]), x.dtype))
-        window = jnp.concatenate(parts, axis=1) if len(parts) > 1 else x
-        if keep:
-            self.buffers[name] = jnp.concatenate(parts[:2], axis=1)[:, -keep:]
-        pieces = kernel if isinstance(kernel, tuple) else ((kernel, 0),)
         n = x.shape[1]
+        keep = left + r
+        raw = jnp.concatenate([self.buffer(name, keep, x), x], axis=1) if keep else x
+        if keep:
+            self.buffers[name] = raw[:, -keep:]
+        window = nn.leaky_relu(raw, LRELU_SLOPE) if lrelu else raw
+        window = window * self.mask(sig, -keep, keep + n)[..., None].astype(x.dtype)
+        if right > r:  # inputs not waited for read as zero (decode's end-of-sequence padding)
+            pad = jnp.zeros((x.shape[0], right - r, x.shape[2]), x.dtype)
+            window = jnp.concatenate([window, pad], axis=1)
+        pieces = kernel if isinstance(kernel, tuple) else ((kernel, 0),)
         ys = [
             jax.lax.conv_general_dilated(
                 window[:, first : first + n + dilation * (w.shape[0] - 1)],
@@ -132,7 +136,13 @@ class Walk:
         y = jnp.concatenate(ys, axis=2) if len(ys) > 1 else ys[0]
         if bias is not None:
             y = y + bias.astype(y.dtype)
-        return Signal(y, sig.rate, sig.delay + r * self.unit(sig))
+
+        def delayed(k: int) -> jax.Array:
+            if not 0 <= k <= keep:
+                raise AssertionError(f"{name}: a delay of {k} is outside its window ({keep})")
+            return raw[:, keep - k : keep - k + n]
+
+        return Signal(y, sig.rate, sig.delay + r * self.unit(sig)), delayed
 
     def delay(self, name: str, sig: Signal, samples: int) -> Signal:
         """Delay ``sig`` by ``samples`` of its own rate (a delay line)."""
@@ -145,16 +155,17 @@ class Walk:
 
 
 def resblock(walk: Walk, name: str, params: dict, kernel_size, dilations, sig: Signal) -> Signal:
-    """:class:`~hificodec_jax.models.layers.ResBlock1` on a chunk."""
+    """:class:`~hificodec_jax.models.layers.ResBlock1` on a chunk; each residual is read from
+    its first conv's window, delayed by the two convs' right contexts."""
     half = (kernel_size - 1) // 2
     for j, d in enumerate(dilations):
         p1, p2 = params[f"convs1_{j}"], params[f"convs2_{j}"]
-        t = walk.activated(sig)
-        t = walk.conv(f"{name}/convs1_{j}", t, kernel_of(p1), p1["bias"], d * half, d * half, d)
-        t = walk.activated(t)
+        t, delayed = walk.conv_and_input(
+            f"{name}/convs1_{j}", sig, kernel_of(p1), p1["bias"], d * half, d * half, d
+        )
         t = walk.conv(f"{name}/convs2_{j}", t, kernel_of(p2), p2["bias"], half, half)
-        res = walk.delay(f"{name}/residual_{j}", sig, (t.delay - sig.delay) // walk.unit(sig))
-        sig = Signal(res.x + t.x, sig.rate, t.delay)
+        res = delayed((t.delay - sig.delay) // walk.unit(sig))
+        sig = Signal(res + t.x, sig.rate, t.delay)
     return sig
 
 
@@ -166,14 +177,14 @@ def decode_chunk(walk: Walk, dec: HifiDecoder, params: dict, z_q: jax.Array) -> 
     sig = Signal(z_q.astype(walk.dtype), 1, 0)
     p = params["conv_pre"]
     half = (kernel_of(p).shape[0] - 1) // 2
-    sig = walk.conv("conv_pre", walk.masked(sig), kernel_of(p), p["bias"], half, half)
+    sig = walk.conv("conv_pre", sig, kernel_of(p), p["bias"], half, half, lrelu=False)
     n_k = len(dec.resblock_kernel_sizes)
     for i, (u, k) in enumerate(zip(dec.upsample_rates, dec.upsample_kernel_sizes, strict=True)):
         p = params[f"ups_{i}"]
         _, j_min, j_max = polyphase_taps(k, u)
         kernels = p["poly"] if "poly" in p else polyphase_pieces(kernel_of(p), k, u)
         pieces = tuple(zip(kernels, (g[0] for g in polyphase_groups(k, u)), strict=True))
-        t = walk.conv(f"ups_{i}", walk.activated(sig), pieces, None, j_max, -j_min)
+        t = walk.conv(f"ups_{i}", sig, pieces, None, j_max, -j_min)
         b, f, c = t.x.shape
         x = t.x.reshape(b, f * u, c // u) + p["bias"].astype(t.x.dtype)
         sig = Signal(x, sig.rate * u, t.delay)
@@ -201,7 +212,7 @@ def decode_chunk(walk: Walk, dec: HifiDecoder, params: dict, z_q: jax.Array) -> 
         sig = Signal(xs / n_k, sig.rate, latest)
     p = params["conv_post"]
     half = (kernel_of(p).shape[0] - 1) // 2
-    return walk.conv("conv_post", walk.activated(sig), kernel_of(p), p["bias"], half, half)
+    return walk.conv("conv_post", sig, kernel_of(p), p["bias"], half, half)
 
 
 def polyphase_pieces(kernel: jax.Array, kernel_size: int, stride: int) -> tuple:
