@@ -238,8 +238,9 @@ def algorithmic_latency(
 def prepare(codec, variables) -> dict:
     """``variables`` with the decoder's per-push constants computed once: weight norm folded and
     each transposed conv's polyphase kernel gathered and split by phase group, without its zero
-    taps (on grvq4, ``ups_0``'s gather took a fifth of a 1-frame push). :func:`step` takes these or the codec's own variables; they are for
-    streaming only (``codec.apply`` cannot decode with them)."""
+    taps (on grvq4, ``ups_0``'s gather took a fifth of a 1-frame push). :func:`step` takes these
+    or the codec's own variables; they are for streaming only (``codec.apply`` cannot decode
+    with them)."""
     check_streamable(codec)
     decoder = dict(fold_weight_norm(variables["params"]["decoder"]))
     rates = codec.decoder.upsample_rates

@@ -95,8 +95,8 @@ class Walk:
         return r
 
     def conv(self, name, sig, kernel, bias, left, right, dilation=1, lrelu=True) -> Signal:
-        """Stride-1 conv of ``sig`` (lrelu'd unless ``lrelu`` is false, then zeroed outside the
-        stream, as every decoder conv reads it) whose taps read offsets ``-left .. right`` (step
+        """Stride-1 conv of ``sig`` lrelu'd (unless ``lrelu`` is false) and zeroed outside the
+        stream, as every decoder conv reads it, whose taps read offsets ``-left .. right`` (step
         ``dilation``). See :meth:`conv_and_input`."""
         return self.conv_and_input(name, sig, kernel, bias, left, right, dilation, lrelu)[0]
 
