@@ -96,6 +96,8 @@ def _assert_memory(report, chips):
 def _assert_tpu_estimates(report):
     assert report.bytes_accessed > 0 and report.cycles > 0
     assert report.priced_s > 0 and report.cycles_s > 0
+    by_scope = report.cycles_by_scope_s  # every op's cycles in exactly one scope
+    assert sum(f + b for f, b in by_scope.values()) == pytest.approx(report.cycles_s, rel=1e-9)
     for name in ("priced", "cycles"):
         assert report.audio_s_per_chip_s[name] > 0
         assert 0 < report.mfu[name] <= 1  # the FLOPs over the estimate at the chip's peak
@@ -160,6 +162,45 @@ def test_report_counts_collectives_and_unpriced_calls_as_the_compiler_does():
     form = report_lib.program_form(_HLO)
     assert (form["all_gathers"], form["all_reduces"], form["collective_permutes"]) == (2, 1, 0)
     assert report_lib.unpriced_calls(_HLO) == 2  # the entry's ConcatBitcast and X64Combine
+
+
+# Ops as a compiled TPU program names them: a discriminator conv forward and backward (in a
+# cond branch), a loss reduction outside any module, and a compiler copy with no jax name.
+_SCOPED_HLO = """
+  %f.1 = bf16[8]{0} fusion(%a), metadata={op_name="jit(step)/jvp(ScaleDiscriminator)/convs_1/conv_general_dilated"}, backend_config={"estimated_cycles":"100"}
+  %f.2 = bf16[8]{0} fusion(%a), metadata={op_name="jit(step)/transpose(jvp(ScaleDiscriminator))/convs_1/cond/branch_1_fun/conv_general_dilated"}, backend_config={"estimated_cycles":"300"}
+  %f.3 = f32[]{:T(128)} fusion(%b), metadata={op_name="jit(step)/jvp()/reduce_sum"}, backend_config={"estimated_cycles":"200"}
+  %f.4 = u8[8]{0} fusion(%c), backend_config={"estimated_cycles":"50"}
+  %f.5 = f32[8]{0} fusion(%d), metadata={op_name="jit(step)/jvp(Codec)/Codec._decoder/decoder/add"}, backend_config={"estimated_cycles":"25"}
+"""
+
+
+def test_cycles_by_scope_splits_modules_and_directions(tmp_path, capsys):
+    by_scope = report_lib.cycles_by_scope(_SCOPED_HLO)
+    assert by_scope == {
+        "ScaleDiscriminator": (100, 300),
+        "(top level)": (200, 0),
+        "(unnamed)": (50, 0),
+        "Codec": (25, 0),
+    }
+    assert list(report_lib.cycles_by_scope(_SCOPED_HLO, depth=2))[:1] == [
+        "ScaleDiscriminator/convs_1"
+    ]
+    assert report_lib.cycles_by_scope(_SCOPED_HLO, depth=2)["Codec/Codec._decoder"] == (25, 0)
+    # 1 GHz: cycles are nanoseconds; the two smallest scopes summed as the rest.
+    seconds = report_lib.scope_seconds(by_scope, 1e9, top=2)
+    assert seconds == {
+        "ScaleDiscriminator": [1e-7, 3e-7],
+        "(top level)": [2e-7, 0.0],
+        "(rest)": [7.5e-8, 0.0],
+    }
+    path = tmp_path / "step.hlo"
+    path.write_text(_SCOPED_HLO)
+    report_lib.main([str(path), "--target", "v5e-8", "--top", "1"])
+    out = capsys.readouterr().out.splitlines()
+    # v5e's clock is 1.5 GHz: 400 cycles = 0.27 us; 675 cycles in all.
+    assert out[1].split()[:3] == ["ScaleDiscriminator", "0.00", "0.00"] and "59.3%" in out[1]
+    assert out[2].split()[0] == "(rest)"
 
 
 def test_tiny_train_step_for_h100(gpu_train):

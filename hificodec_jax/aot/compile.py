@@ -31,9 +31,11 @@ from hificodec_jax.aot import targets as targets_lib
 from hificodec_jax.aot.report import (
     Report,
     as_json_dict,
+    cycles_by_scope,
     estimated_cycles,
     format_table,
     program_form,
+    scope_seconds,
     unpriced_calls,
 )
 
@@ -249,6 +251,7 @@ def compile_job(
         report.priced_s = priced if priced > 0 else None  # not recoverable: no figure
         report.cycles = estimated_cycles(hlo)
         report.cycles_s = report.cycles / tgt.clock_hz
+        report.cycles_by_scope_s = scope_seconds(cycles_by_scope(hlo), tgt.clock_hz)
     if tgt.platform == "cuda" and report.flops:
         report.compute_floor_s = report.flops / tgt.bf16_flops
     audio = report.batch_per_chip * report.seconds

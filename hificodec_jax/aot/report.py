@@ -39,6 +39,8 @@ class Report:
     unpriced_calls: int = 0
     cycles: int | None = None
     cycles_s: float | None = None  # TPU cycle model / clock
+    # TPU: the cycle model's seconds by module, {scope: [forward, backward]} (scope_seconds)
+    cycles_by_scope_s: dict = dataclasses.field(default_factory=dict)
     compute_floor_s: float | None = None  # GPU: our FLOPs / bf16 peak, a lower bound
     audio_s_per_chip_s: dict = dataclasses.field(default_factory=dict)  # per estimate
     mfu: dict = dataclasses.field(default_factory=dict)  # per estimate, vs bf16 peak
@@ -112,6 +114,66 @@ def estimated_cycles(hlo: str) -> int:
     return sum(map(int, re.findall(r'"estimated_cycles":"(\d+)"', hlo)))
 
 
+_CYCLES = re.compile(r'"estimated_cycles":"(\d+)"')
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+# Function transforms and control flow in a jax op name: not a module of the program.
+_WRAPPER = re.compile(r"^(?:jit|jvp|transpose|vmap|remat|checkpoint|pjit|shard_map)\((.*)\)$")
+_CONTROL = re.compile(
+    r"^(?:cond|while|body|cond_fun|body_fun|closed_call|branch_\d+_fun|jit\(.*\))$"
+)
+
+
+def op_scope(op_name: str, depth: int = 1) -> tuple[str, bool]:
+    """``(scope, backward)`` of a jax op name: its first ``depth`` module names (transforms
+    such as ``jvp(...)`` unwrapped, control flow skipped; ``"(top level)"`` for ops outside any
+    module) and whether it is in a transposed (backward) computation."""
+    parts = op_name.split("/")[1:-1]  # drop the program (jit(step)) and the primitive
+    names = []
+    for part in parts:
+        while m := _WRAPPER.match(part):
+            part = m.group(1)
+        if part and not _CONTROL.match(part):
+            names.append(part)
+    return "/".join(names[:depth]) or "(top level)", "transpose(" in op_name
+
+
+def cycles_by_scope(hlo: str, depth: int = 1) -> dict[str, tuple[int, int]]:
+    """A compiled TPU program's estimated cycles by :func:`op_scope`: ``{scope: (forward,
+    backward)}``, largest first; ops without a jax name (the compiler's own copies) under
+    ``"(unnamed)"``."""
+    sums: dict[str, list[int]] = {}
+    for line in hlo.splitlines():
+        if not (c := _CYCLES.search(line)):
+            continue
+        name = _OP_NAME.search(line)
+        scope, backward = op_scope(name.group(1), depth) if name else ("(unnamed)", False)
+        sums.setdefault(scope, [0, 0])[backward] += int(c.group(1))
+    order = sorted(sums.items(), key=lambda kv: -sum(kv[1]))
+    return {k: (f, b) for k, (f, b) in order}
+
+
+def scope_seconds(by_scope: dict[str, tuple[int, int]], clock_hz: float, top: int = 12) -> dict:
+    """The ``top`` scopes of :func:`cycles_by_scope` in seconds (``[forward, backward]``), the
+    rest summed under ``"(rest)"``."""
+    items = list(by_scope.items())
+    out = {k: [f / clock_hz, b / clock_hz] for k, (f, b) in items[:top]}
+    if rest := items[top:]:
+        out["(rest)"] = [
+            sum(f for _, (f, _) in rest) / clock_hz,
+            sum(b for _, (_, b) in rest) / clock_hz,
+        ]
+    return out
+
+
+def format_breakdown(by_scope_s: dict[str, list[float]]) -> str:
+    """:func:`scope_seconds` as a table (the cycle model: an estimate)."""
+    total = sum(f + b for f, b in by_scope_s.values()) or 1.0
+    lines = [f"  {'ESTIMATE cycles by scope':40s} {'fwd ms':>9s} {'bwd ms':>9s} {'share':>6s}"]
+    for scope, (f, b) in by_scope_s.items():
+        lines.append(f"  {scope[:40]:40s} {1e3 * f:9.2f} {1e3 * b:9.2f} {(f + b) / total:6.1%}")
+    return "\n".join(lines)
+
+
 def format_table(report: Report) -> str:
     """A short human-readable table of a report."""
     gib = 1024**3
@@ -161,6 +223,8 @@ def format_table(report: Report) -> str:
         f"{f['collective_permutes']} collective-permute, {f['all_to_alls']} all-to-all, "
         f"{f['all_reduces']} all-reduce"
     )
+    if report.cycles_by_scope_s:
+        lines.append(format_breakdown(report.cycles_by_scope_s))
     return "\n".join(lines)
 
 
@@ -172,6 +236,35 @@ def as_json_dict(report: Report) -> dict:
             return float(np.format_float_positional(x, precision=6, unique=True, fractional=False))
         if isinstance(x, dict):
             return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
         return x
 
     return {k: clean(v) for k, v in report.as_dict().items()}
+
+
+def main(argv=None) -> None:
+    """``python -m hificodec_jax.aot.report DUMP.hlo [--target v5e-8] [--depth 2] [--top 20]``:
+    where a dumped TPU program's estimated cycles go (``hificodec-jax compile --dump-hlo``)."""
+    import argparse
+
+    from hificodec_jax.aot import targets
+
+    parser = argparse.ArgumentParser(description=main.__doc__.split("\n\n")[0])
+    parser.add_argument("hlo", help="optimized HLO text of a compiled TPU program")
+    parser.add_argument("--target", default="v5e-8", help="the TPU target it was compiled for")
+    parser.add_argument("--depth", type=int, default=1, help="module names per scope")
+    parser.add_argument("--top", type=int, default=20)
+    args = parser.parse_args(argv)
+    clock = targets.get_target(args.target).clock_hz
+    if not clock:
+        parser.error(f"--target {args.target} has no cycle model (TPU targets only)")
+    with open(args.hlo) as f:
+        by_scope = cycles_by_scope(f.read(), args.depth)
+    if not by_scope:
+        raise SystemExit(f"{args.hlo}: no estimated_cycles (not a compiled TPU program?)")
+    print(format_breakdown(scope_seconds(by_scope, clock, args.top)))
+
+
+if __name__ == "__main__":
+    main()
