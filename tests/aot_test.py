@@ -167,7 +167,7 @@ def test_report_counts_collectives_and_unpriced_calls_as_the_compiler_does():
 # Ops as a compiled TPU program names them: a discriminator conv forward and backward (in a
 # cond branch), a loss reduction outside any module, and a compiler copy with no jax name.
 _SCOPED_HLO = """
-  %f.1 = bf16[8]{0} fusion(%a), metadata={op_name="jit(step)/jvp(ScaleDiscriminator)/convs_1/conv_general_dilated"}, backend_config={"estimated_cycles":"100"}
+  %f.1 = bf16[8]{0} fusion(%a), metadata={op_name="jit(step)/shard_map/jvp(ScaleDiscriminator)/convs_1/conv_general_dilated"}, backend_config={"estimated_cycles":"100"}
   %f.2 = bf16[8]{0} fusion(%a), metadata={op_name="jit(step)/transpose(jvp(ScaleDiscriminator))/convs_1/cond/branch_1_fun/conv_general_dilated"}, backend_config={"estimated_cycles":"300"}
   %f.3 = f32[]{:T(128)} fusion(%b), metadata={op_name="jit(step)/jvp()/reduce_sum"}, backend_config={"estimated_cycles":"200"}
   %f.4 = u8[8]{0} fusion(%c), backend_config={"estimated_cycles":"50"}

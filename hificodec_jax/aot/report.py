@@ -119,7 +119,7 @@ _OP_NAME = re.compile(r'op_name="([^"]*)"')
 # Function transforms and control flow in a jax op name: not a module of the program.
 _WRAPPER = re.compile(r"^(?:jit|jvp|transpose|vmap|remat|checkpoint|pjit|shard_map)\((.*)\)$")
 _CONTROL = re.compile(
-    r"^(?:cond|while|body|cond_fun|body_fun|closed_call|branch_\d+_fun|jit\(.*\))$"
+    r"^(?:cond|while|body|cond_fun|body_fun|closed_call|branch_\d+_fun|shard_map|jit\(.*\))$"
 )
 
 
