@@ -13,8 +13,8 @@ from helpers import REPO, config
 import hificodec_jax
 from hificodec_jax.models import decode_stream, streaming
 from hificodec_jax.models.decode_stream import DecodeStream
-from hificodec_jax.models.layers import polyphase_groups, polyphase_kernel
-from hificodec_jax.models.streaming_graph import polyphase_pieces
+from hificodec_jax.models.layers import polyphase_kernel
+from hificodec_jax.models.streaming_graph import polyphase_groups, polyphase_pieces
 
 TOL = 1e-5
 

@@ -165,25 +165,6 @@ def polyphase_taps(kernel_size: int, stride: int) -> tuple[int, int, int]:
     return p, j_min, j_max
 
 
-def polyphase_groups(kernel_size: int, stride: int) -> tuple[tuple[int, int, int, int], ...]:
-    """The polyphase form's phases grouped by the taps they read: ``(m_lo, m_hi, r_lo, r_hi)``,
-    phases ``r_lo .. r_hi - 1`` read only taps ``m_lo .. m_hi - 1`` of
-    :func:`polyphase_kernel` (their other taps are zero; for grvq4's ``ups_0``, two groups of
-    two taps each where the kernel has three)."""
-    p, j_min, j_max = polyphase_taps(kernel_size, stride)
-    groups: list[tuple[int, int, int, int]] = []
-    for r in range(stride):
-        taps = [
-            m for m in range(j_max - j_min + 1) if 0 <= (j_max - m) * stride + r + p < kernel_size
-        ]
-        lo, hi = taps[0], taps[-1] + 1  # contiguous: the valid taps of a phase are a range
-        if groups and groups[-1][:2] == (lo, hi):
-            groups[-1] = (lo, hi, groups[-1][2], r + 1)
-        else:
-            groups.append((lo, hi, r, r + 1))
-    return tuple(groups)
-
-
 def polyphase_kernel(kernel: jax.Array, stride: int) -> jax.Array:
     """A transposed conv's ``kernel [K, C_in, C_out]`` as the ``[n_taps, C_in, S*C_out]`` kernel
     of its stride-1 polyphase form (see :class:`ConvTranspose1d`); tap ``m`` reads input frame

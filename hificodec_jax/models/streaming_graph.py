@@ -17,7 +17,6 @@ import jax.numpy as jnp
 from hificodec_jax.models.hifigan import HifiDecoder
 from hificodec_jax.models.layers import (
     LRELU_SLOPE,
-    polyphase_groups,
     polyphase_kernel,
     polyphase_taps,
     weight_norm_kernel,
@@ -215,10 +214,29 @@ def decode_chunk(walk: Walk, dec: HifiDecoder, params: dict, z_q: jax.Array) -> 
     return walk.conv("conv_post", sig, kernel_of(p), p["bias"], half, half)
 
 
+def polyphase_groups(kernel_size: int, stride: int) -> tuple[tuple[int, int, int, int], ...]:
+    """The polyphase form's phases grouped by the taps they read: ``(m_lo, m_hi, r_lo, r_hi)``,
+    phases ``r_lo .. r_hi - 1`` read only taps ``m_lo .. m_hi - 1`` of
+    :func:`~hificodec_jax.models.layers.polyphase_kernel` (their other taps are zero; for
+    grvq4's ``ups_0``, two groups of two taps each where the kernel has three)."""
+    p, j_min, j_max = polyphase_taps(kernel_size, stride)
+    groups: list[tuple[int, int, int, int]] = []
+    for r in range(stride):
+        taps = [
+            m for m in range(j_max - j_min + 1) if 0 <= (j_max - m) * stride + r + p < kernel_size
+        ]
+        lo, hi = taps[0], taps[-1] + 1  # contiguous: the valid taps of a phase are a range
+        if groups and groups[-1][:2] == (lo, hi):
+            groups[-1] = (lo, hi, groups[-1][2], r + 1)
+        else:
+            groups.append((lo, hi, r, r + 1))
+    return tuple(groups)
+
+
 def polyphase_pieces(kernel: jax.Array, kernel_size: int, stride: int) -> tuple:
     """A transposed conv's polyphase kernel without its zero taps: one kernel per phase group
-    (:func:`~hificodec_jax.models.layers.polyphase_groups`). A push reads every weight of the
-    decoder, so ``ups_0`` without its zero taps (grvq4: 8.4 of 12.6 MB) moves a third less."""
+    (:func:`polyphase_groups`). A push reads every weight of the decoder, so ``ups_0`` without
+    its zero taps (grvq4: 8.4 of 12.6 MB) moves a third less."""
     poly = polyphase_kernel(kernel, stride)
     c_out = poly.shape[2] // stride
     return tuple(
