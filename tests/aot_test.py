@@ -201,6 +201,14 @@ def test_cycles_by_scope_splits_modules_and_directions(tmp_path, capsys):
     # v5e's clock is 1.5 GHz: 400 cycles = 0.27 us; 675 cycles in all.
     assert out[1].split()[:3] == ["ScaleDiscriminator", "0.00", "0.00"] and "59.3%" in out[1]
     assert out[2].split()[0] == "(rest)"
+    with pytest.raises(SystemExit, match="missing.hlo: cannot read it"):
+        report_lib.main([str(tmp_path / "missing.hlo")])
+    (tmp_path / "gpu.hlo").write_text("HloModule m\n")
+    with pytest.raises(SystemExit, match="gpu.hlo: no estimated_cycles"):
+        report_lib.main([str(tmp_path / "gpu.hlo")])
+    with pytest.raises(SystemExit) as err:  # argparse: exit status 2, the reason on stderr
+        report_lib.main([str(path), "--target", "h100"])
+    assert err.value.code == 2 and "no cycle model" in capsys.readouterr().err
 
 
 def test_tiny_train_step_for_h100(gpu_train):

@@ -108,13 +108,15 @@ def unpriced_calls(hlo: str) -> int:
     return len(_UNPRICED.findall(entry.group(0) if entry else hlo))
 
 
+_CYCLES = re.compile(r'"estimated_cycles":"(\d+)"')
+
+
 def estimated_cycles(hlo: str) -> int:
     """The sum of a compiled TPU program's per-op ``estimated_cycles`` (the compiler's cycle
     model; divide by the chip's clock for seconds)."""
-    return sum(map(int, re.findall(r'"estimated_cycles":"(\d+)"', hlo)))
+    return sum(map(int, _CYCLES.findall(hlo)))
 
 
-_CYCLES = re.compile(r'"estimated_cycles":"(\d+)"')
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 # Function transforms and control flow in a jax op name: not a module of the program.
 _WRAPPER = re.compile(r"^(?:jit|jvp|transpose|vmap|remat|checkpoint|pjit|shard_map)\((.*)\)$")
@@ -256,11 +258,17 @@ def main(argv=None) -> None:
     parser.add_argument("--depth", type=int, default=1, help="module names per scope")
     parser.add_argument("--top", type=int, default=20)
     args = parser.parse_args(argv)
-    clock = targets.get_target(args.target).clock_hz
+    try:
+        clock = targets.get_target(args.target).clock_hz
+    except ValueError as e:
+        parser.error(str(e))
     if not clock:
         parser.error(f"--target {args.target} has no cycle model (TPU targets only)")
-    with open(args.hlo) as f:
-        by_scope = cycles_by_scope(f.read(), args.depth)
+    try:
+        with open(args.hlo) as f:
+            by_scope = cycles_by_scope(f.read(), args.depth)
+    except (OSError, UnicodeDecodeError) as e:
+        raise SystemExit(f"{args.hlo}: cannot read it ({e})") from None
     if not by_scope:
         raise SystemExit(f"{args.hlo}: no estimated_cycles (not a compiled TPU program?)")
     print(format_breakdown(scope_seconds(by_scope, clock, args.top)))
